@@ -1,0 +1,123 @@
+"""``repro <verb>``: flags are gin files, ``--bind NAME=VALUE`` overrides and paths; nothing else.
+
+Every hyperparameter lives in gin. Bad input ends with one ``error:`` line and exit status 2
+(set ``REPRO_DEBUG=1`` to see the traceback as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from repro.errors import UserError
+
+
+def _gin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin", action="append", default=[], metavar="FILE",
+                        help="gin file (repeatable; later files override earlier ones)")
+    parser.add_argument("--bind", action="append", default=[], metavar="NAME=VALUE",
+                        help="gin binding applied after the files, e.g. --bind SEED=1")
+    parser.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
+
+
+def _configured(args: argparse.Namespace) -> None:
+    from repro import config
+
+    if not args.gin:
+        raise UserError("no --gin file given: pass at least an experiment, e.g. --gin gin/experiments/digits.gin")
+    config.parse(args.gin, args.bind)
+
+
+def _train_teacher(args: argparse.Namespace) -> None:
+    _configured(args)
+    from repro import stages
+
+    stages.train_teacher(Path(args.out), Path(args.metrics), Path(args.checkpoint_dir), not args.no_track)
+
+
+def _distill(args: argparse.Namespace) -> None:
+    _configured(args)
+    from repro import stages
+
+    stages.distill(Path(args.teacher), Path(args.out), Path(args.checkpoint_dir), not args.no_track)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    _configured(args)
+    from repro import stages
+
+    stages.evaluate(Path(args.model), Path(args.metrics), not args.no_track)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from repro import report
+
+    report.write_report(Path(args.metrics_dir), Path(args.out))
+
+
+def _names(args: argparse.Namespace) -> None:
+    import gin
+
+    import repro.configurables  # noqa: F401
+    from repro import nets
+
+    print("networks: " + ", ".join(nets.list_networks()))
+    configurables = sorted({name for name in gin.config._REGISTRY if name.startswith("repro.")})  # noqa: SLF001
+    print("gin configurables: " + ", ".join(name.rsplit(".", 1)[-1] for name in configurables))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repro", description="KDCI reproduction: data-free KD pipeline stages.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    teacher = verbs.add_parser("train-teacher", help="train the teacher on the real training split")
+    _gin_args(teacher)
+    teacher.add_argument("--out", required=True, help="artefact folder to write (Hub layout)")
+    teacher.add_argument("--metrics", required=True, help="metrics JSON to write")
+    teacher.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
+    teacher.set_defaults(run=_train_teacher)
+
+    distill = verbs.add_parser("distill", help="distil a student from a teacher artefact, data-free")
+    _gin_args(distill)
+    distill.add_argument("--teacher", required=True, help="teacher artefact folder")
+    distill.add_argument("--out", required=True, help="student artefact folder to write")
+    distill.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
+    distill.set_defaults(run=_distill)
+
+    evaluate = verbs.add_parser("evaluate", help="accuracy of an artefact on the real test split")
+    _gin_args(evaluate)
+    evaluate.add_argument("--model", required=True, help="artefact folder")
+    evaluate.add_argument("--metrics", required=True, help="metrics JSON to write")
+    evaluate.set_defaults(run=_evaluate)
+
+    report = verbs.add_parser("report", help="results table from the metrics JSON files")
+    report.add_argument("--metrics-dir", default="metrics")
+    report.add_argument("--out", default="reports")
+    report.set_defaults(run=_report)
+
+    names = verbs.add_parser("names", help="list registered networks and gin configurables")
+    names.set_defaults(run=_names)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], None] = args.run
+    try:
+        run(args)
+    except UserError as exc:
+        if os.environ.get("REPRO_DEBUG"):
+            raise
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last complete checkpoint is kept; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

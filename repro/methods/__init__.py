@@ -1,0 +1,7 @@
+"""DFKD methods as plug-ins of the one :class:`~repro.engine.Trainer` (see :mod:`repro.methods.base`)."""
+
+from repro.methods.base import Batch, DFKDMethod
+from repro.methods.dafl import DAFL
+from repro.methods.supervised import Supervised
+
+__all__ = ["Batch", "DFKDMethod", "DAFL", "Supervised"]

@@ -1,0 +1,89 @@
+"""The plug-in interface every training method implements.
+
+The Trainer owns the student's optimiser, schedule, evaluation and checkpoints; a method owns how
+substitution data is made (its generators and their optimisers) and what the student's loss is.
+Neither reaches into the other: the Trainer never sees a generator, a method never sees the
+student's optimiser.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from repro.data import DataSpec
+
+
+@dataclasses.dataclass
+class Batch:
+    """A batch of substitution (or, for supervised training, real) data.
+
+    ``x``: images ``[B, C, H, W]`` already normalised; ``y``: labels ``[B]`` when the method has them.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+
+class DFKDMethod(abc.ABC):
+    """A data-free distillation method (or supervised training) as seen by the Trainer.
+
+    Call order per round: ``synthesize()`` once, then ``student_steps_per_round`` times
+    ``sample(n)`` -> ``student_loss(batch)`` -> the Trainer's optimiser step.
+    """
+
+    teacher: nn.Module | None
+    student: nn.Module
+    spec: DataSpec
+    device: torch.device
+
+    def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
+              device: torch.device) -> nn.Module:
+        """Receive the frozen teacher and the student; build generators/optimisers.
+
+        Returns the module the Trainer optimises, evaluates and saves. A wrapper method (KDCI)
+        may return a larger module that contains ``student``; baselines return ``student`` itself.
+        """
+        self.spec, self.device = spec, device
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.to(device).eval()
+            for parameter in teacher.parameters():
+                parameter.requires_grad_(False)
+        self.student = student
+        return student
+
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        """Update the substitution data source (generator steps, image optimisation, pool selection).
+
+        Returns detached scalar tensors to log (no host sync here; the Trainer reduces them).
+        """
+        return {}
+
+    @abc.abstractmethod
+    def sample(self, batch_size: int) -> Batch:
+        """A batch of substitution data for one student step."""
+
+    @abc.abstractmethod
+    def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The student's loss on ``batch``: a dict with ``"loss"`` (to minimise) and named terms."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the student needed to resume bit-identically (generators, optimisers)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able record of the method and its settings (config.json, MLflow tags)."""
+        return {"name": type(self).__name__.lower()}
+
+    def _teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher logits ``[B, K]`` and penultimate features ``[B, D]`` (gradients flow to ``x``)."""
+        assert self.teacher is not None, "this method needs a teacher"
+        return self.teacher(x, return_features=True)

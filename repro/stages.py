@@ -1,0 +1,156 @@
+"""The pipeline's stages as gin-configurable functions: teacher, distill, evaluate.
+
+Each stage reads its inputs (real data only where allowed, artefacts otherwise), runs the Trainer
+or the evaluation, writes one artefact or metrics file, and records one MLflow run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import gin
+import torch
+
+from repro import checkpoint
+from repro.architecture import NetSpec
+from repro.config import fingerprint, flat_bindings
+from repro.data import DataSpec, RealDataset
+from repro.engine import Trainer, resolve_device, seed_everything
+from repro.errors import UserError
+from repro.evaluate import accuracy, write_metrics
+from repro.methods.base import DFKDMethod
+from repro.methods.supervised import Supervised
+from repro.tracking import NullTracker, git_provenance, open_tracker
+
+
+@gin.configurable
+def run_tags(profile: str = "custom", experiment: str = "custom") -> dict[str, str]:
+    """Tags every MLflow run carries; profile and experiment are bound by the shipped gin files."""
+    return {"profile": profile, "experiment": experiment, **git_provenance()}
+
+
+def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
+    relative = Path(*[part for part in out_dir.parts if part not in ("/", "..")])
+    return checkpoint_root / relative / "last.pt"
+
+
+def _start_tracking(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> NullTracker:
+    tracker = open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()}}, track)
+    tracker.log_params(flat_bindings(gin.config_str()))
+    tracker.log_text(gin.config_str(), "parsed_config.gin")
+    return tracker
+
+
+def _finish(tracker: NullTracker, out_dir: Path, metrics_path: Path | None) -> None:
+    for name in (checkpoint.CONFIG_FILE, checkpoint.GIN_FILE):
+        tracker.log_artifact(out_dir / name)
+    if metrics_path is not None:
+        tracker.log_artifact(metrics_path)
+    tracker.finish()
+
+
+@gin.configurable(denylist=["out_dir", "metrics_path", "checkpoint_root", "track"])
+def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True,
+                  *, dataset: RealDataset = gin.REQUIRED, network: NetSpec = gin.REQUIRED, seed: int = 0) -> dict:
+    """Train the teacher on the real training split; save it and its test metrics."""
+    seed_everything(seed)
+    spec = dataset.spec
+    train, test = dataset.split("train", augment=True), dataset.split("test")
+    model = network.build(num_classes=spec.num_classes, in_channels=spec.channels)
+    with gin.config_scope("teacher"):
+        trainer, method = Trainer(), Supervised(train_data=train, seed=seed)
+    tracker = _start_tracking(f"teacher-{network.name}-seed{seed}", "teacher",
+                              {"dataset": spec.name, "network": network.name, "seed": seed, "method": "supervised"}, track)
+    ckpt = _checkpoint_path(checkpoint_root, out_dir)
+    try:
+        model = trainer.fit(method, model, spec, monitor_data=test, checkpoint_path=ckpt,
+                            fingerprint=fingerprint("teacher", gin.config_str()), tracker=tracker, label="teacher")
+        metrics = {**accuracy(model, test, spec.num_classes, trainer.device), "model": str(out_dir), "role": "teacher",
+                   "network": network.name, "seed": seed}
+        config = {"role": "teacher", "architecture": network.to_dict(), "data": spec.to_dict(),
+                  "dataset": dataset.describe(), "method": method.describe(), "seed": seed}
+        checkpoint.save_artefact(out_dir, model, config, gin.operative_config_str())
+        write_metrics(metrics_path, metrics)
+        tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
+        _finish(tracker, out_dir, metrics_path)
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
+    shutil.rmtree(ckpt.parent, ignore_errors=True)
+    print(f"teacher {network.name}: test top-1 {metrics['top1']:.2f}% -> {out_dir} (metrics: {metrics_path})")
+    return metrics
+
+
+@gin.configurable(denylist=["teacher_dir", "out_dir", "checkpoint_root", "track"])
+def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True, *,
+            method: DFKDMethod = gin.REQUIRED, student: NetSpec = gin.REQUIRED, seed: int = 0,
+            monitor_dataset: RealDataset | None = None) -> Path:
+    """Distil a student from the teacher artefact with a data-free ``method``; save the student.
+
+    Opens no real data: class count, image shape and normalisation come from the teacher's artefact.
+    ``monitor_dataset`` (off by default) logs test top-1 per epoch for curves, never for selection.
+    """
+    teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
+    spec = DataSpec.from_dict(teacher_config["data"])
+    seed_everything(seed)
+    model = student.build(num_classes=spec.num_classes, in_channels=spec.channels)
+    with gin.config_scope("student"):
+        trainer = Trainer()
+    described = method.describe()
+    tracker = _start_tracking(f"distill-{described['name']}-seed{seed}", "distill",
+                              {"dataset": spec.name, "method": described["name"], "network": student.name,
+                               "teacher": teacher_config["architecture"]["name"], "seed": seed}, track)
+    monitor = monitor_dataset.split("test") if monitor_dataset is not None else None
+    ckpt = _checkpoint_path(checkpoint_root, out_dir)
+    try:
+        trained = trainer.fit(method, model, spec, teacher, monitor_data=monitor, checkpoint_path=ckpt,
+                              fingerprint=fingerprint("distill", gin.config_str(), teacher_config["files"]["model.safetensors"]),
+                              tracker=tracker, label=f"distill {described['name']} seed {seed}")
+        config = {"role": "student", "architecture": student.to_dict(), "data": spec.to_dict(),
+                  "dataset": teacher_config.get("dataset", {}), "method": described, "seed": seed,
+                  "teacher": {"path": str(teacher_dir), "architecture": teacher_config["architecture"],
+                              "sha256": teacher_config["files"]["model.safetensors"]}}
+        checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str())
+        _finish(tracker, out_dir, None)
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
+    shutil.rmtree(ckpt.parent, ignore_errors=True)
+    print(f"student {student.name} by {described['name']} (seed {seed}) -> {out_dir}")
+    return out_dir
+
+
+@gin.configurable(denylist=["model_dir", "metrics_path", "track"])
+def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset: RealDataset = gin.REQUIRED,
+             batch_size: int = 512, device: str = "auto") -> dict:
+    """Top-1/top-5/per-class accuracy of an artefact on the real test split -> DVC metrics JSON."""
+    model, config = checkpoint.load_artefact(model_dir)
+    recorded, actual = DataSpec.from_dict(config["data"]), dataset.spec
+    if (recorded.name, recorded.num_classes, recorded.channels, recorded.image_size) != (
+            actual.name, actual.num_classes, actual.channels, actual.image_size):
+        raise UserError(f"{model_dir} was trained for {recorded.name} ({recorded.num_classes} classes) but the "
+                        f"configured dataset is {actual.name} ({actual.num_classes}): evaluate with the same experiment gin")
+    if not torch.allclose(torch.tensor(recorded.mean + recorded.std), torch.tensor(actual.mean + actual.std), atol=1e-4):
+        raise UserError(f"{model_dir} expects normalisation {recorded.mean}/{recorded.std} but the dataset gives "
+                        f"{actual.mean}/{actual.std}: the dataset split settings differ from the teacher's")
+    target = resolve_device(device)
+    method = config.get("method", {}).get("name", "unknown")
+    tracker = _start_tracking(f"evaluate-{method}-seed{config.get('seed')}", "evaluate",
+                              {"dataset": actual.name, "method": method, "network": config["architecture"]["name"],
+                               "seed": config.get("seed"), "role": config.get("role")}, track)
+    try:
+        metrics = accuracy(model.to(target), dataset.split("test"), actual.num_classes, target, batch_size)
+        metrics.update({"model": str(model_dir), "role": config.get("role"), "method": method,
+                        "network": config["architecture"]["name"], "seed": config.get("seed")})
+        write_metrics(metrics_path, metrics)
+        tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
+        tracker.log_artifact(metrics_path)
+        tracker.log_artifact(Path(model_dir) / checkpoint.CONFIG_FILE)
+        tracker.finish()
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
+    print(f"{model_dir}: test top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% -> {metrics_path}")
+    return metrics
