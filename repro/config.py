@@ -52,7 +52,7 @@ def flat_bindings(config_text: str) -> dict[str, str]:
         if isinstance(statement, config_parser.BindingStatement):
             scope = f"{statement.scope}/" if statement.scope else ""
             key = f"{scope}{statement.selector}.{statement.arg_name}" if statement.arg_name else f"{scope}{statement.selector}"
-            flat[key] = repr(statement.value) if not isinstance(statement.value, str) else repr(statement.value)
+            flat[key] = repr(statement.value)  # references and macros print as @Name / %NAME
     return flat
 
 

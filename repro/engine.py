@@ -24,6 +24,7 @@ from repro.data import DataSpec
 from repro.errors import TrainingDiverged, UserError
 from repro.evaluate import accuracy
 from repro.methods.base import DFKDMethod
+from repro.optim import build_optimizer, build_scheduler
 from repro.tracking import NullTracker
 
 
@@ -118,8 +119,8 @@ class Trainer:
         """
         tracker = tracker or NullTracker()
         model = method.setup(teacher, student.to(self.device), spec, self.device).to(self.device)
-        optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
-        scheduler = self.make_scheduler(optimizer) if self.make_scheduler else None
+        optimizer = build_optimizer(self.make_optimizer, (p for p in model.parameters() if p.requires_grad), "student")
+        scheduler = build_scheduler(self.make_scheduler, optimizer, "student") if self.make_scheduler else None
         start_epoch = self._resume(checkpoint_path, fingerprint, model, optimizer, scheduler, method)
         rounds = self.steps_per_epoch // self.student_steps_per_round
         interactive = sys.stdout.isatty()

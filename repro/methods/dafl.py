@@ -17,6 +17,7 @@ from repro import losses
 from repro.architecture import NetSpec
 from repro.data import DataSpec
 from repro.methods.base import Batch, DFKDMethod
+from repro.optim import build_optimizer
 
 
 @gin.configurable
@@ -44,7 +45,7 @@ class DAFL(DFKDMethod):
               device: torch.device) -> nn.Module:
         trained = super().setup(teacher, student, spec, device)
         self.generator = self.generator_spec.build(image_size=spec.image_size, out_channels=spec.channels).to(device)
-        self.generator_optim = self.make_optimizer(self.generator.parameters())
+        self.generator_optim = build_optimizer(self.make_optimizer, self.generator.parameters(), "generator")
         return trained
 
     def _generate(self, batch_size: int) -> torch.Tensor:

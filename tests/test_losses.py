@@ -1,0 +1,40 @@
+"""Golden values of the loss terms on small hand-checked tensors."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from repro import losses
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_matches_kl_formula():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 10)
+    assert losses.kd_loss(logits, logits, temperature=4.0).abs() < 1e-6
+    student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    # p_teacher = (3/4, 1/4), p_student = (1/2, 1/2): KL = 3/4 ln(3/2) + 1/4 ln(1/2); T = 1.
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert abs(losses.kd_loss(student, teacher, 1.0).item() - expected) < 1e-6
+    # T^2 scaling: with T = 2 the same logits divided by 2 give T^2 * KL of the softened outputs.
+    soft = F.kl_div(F.log_softmax(student / 2, 1), F.softmax(teacher / 2, 1), reduction="batchmean") * 4
+    assert abs(losses.kd_loss(student, teacher, 2.0).item() - soft.item()) < 1e-6
+
+
+def test_onehot_loss_is_cross_entropy_against_own_argmax():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    expected = -(math.log(math.exp(2) / (math.exp(2) + 2)) + math.log(math.exp(5) / (math.exp(5) + 2))) / 2
+    assert abs(losses.onehot_loss(logits).item() - expected) < 1e-6
+
+
+def test_information_entropy_is_minus_log_k_for_balanced_batch():
+    # Two confident predictions on different classes: the batch mean is uniform over 2 of 2 classes.
+    logits = torch.tensor([[30.0, -30.0], [-30.0, 30.0]])
+    assert abs(losses.information_entropy_loss(logits).item() + math.log(2)) < 1e-6
+    collapsed = torch.tensor([[30.0, -30.0], [30.0, -30.0]])
+    assert losses.information_entropy_loss(collapsed).item() > -1e-6  # all one class: entropy ~ 0
+
+
+def test_activation_loss_is_negative_mean_absolute_feature():
+    features = torch.tensor([[1.0, -3.0], [0.5, 0.5]])
+    assert losses.activation_loss(features).item() == -1.25

@@ -1,0 +1,99 @@
+"""End to end: `dvc repro` on the smoke profile in a temporary git clone, with a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+def _clone_work_tree(target: Path) -> None:
+    """The repository as it stands (tracked and new, unignored files), committed in a new repo."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    for name in listed:
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    for stale in ("dvc.lock",):
+        (target / stale).unlink(missing_ok=True)
+    shutil.rmtree(target / "metrics", ignore_errors=True)
+    shutil.rmtree(target / "reports", ignore_errors=True)
+    params = (target / "params.yaml").read_text()
+    params = params.replace("profile: default", "profile: smoke").replace("seeds: [0, 1, 2]", "seeds: [0, 1]")
+    (target / "params.yaml").write_text(params)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "snapshot"]):
+        subprocess.run(command, cwd=target, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_project(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    project = tmp_path_factory.mktemp("project")
+    _clone_work_tree(project)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["DVC_NO_ANALYTICS"] = "1"
+    result = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    return project, result
+
+
+def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
+    project, result = smoke_project
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in ("teacher", "distill@dafl-0", "distill@dafl-1", "evaluate@dafl-0", "evaluate@dafl-1", "report"):
+        assert f"Running stage '{stage}'" in result.stdout
+    assert "results: reports/results.md" in result.stdout
+    for artefact in ("models/teacher", "models/students/dafl/seed0", "models/students/dafl/seed1"):
+        for name in ("config.json", "model.safetensors", "operative_config.gin"):
+            assert (project / artefact / name).is_file(), f"{artefact}/{name}"
+    assert not (project / "checkpoints" / "models").exists() or not any((project / "checkpoints").rglob("*.pt"))
+
+
+def test_report_is_built_from_the_metrics_files(smoke_project) -> None:
+    project, _ = smoke_project
+    results = json.loads((project / "reports/results.json").read_text())
+    teacher = json.loads((project / "metrics/teacher.json").read_text())
+    assert results["teacher_top1"] == teacher["top1"]
+    (row,) = results["rows"]
+    per_seed = [json.loads((project / f"metrics/students/dafl-seed{seed}.json").read_text())["top1"] for seed in (0, 1)]
+    assert row["method"] == "dafl" and row["seeds"] == [0, 1] and row["top1"] == per_seed
+    assert f"{per_seed[0]:.2f}" in (project / "reports/results.md").read_text()
+
+
+def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> None:
+    from mlflow.tracking import MlflowClient
+
+    project, _ = smoke_project
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kdci-repro")
+    runs = client.search_runs([experiment.experiment_id])
+    stages = sorted(run.data.tags["stage"] for run in runs)
+    assert stages == ["distill", "distill", "evaluate", "evaluate", "teacher"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["profile"] == "smoke" and run.data.tags["git_commit"] != "unknown"
+        assert run.data.params, "operative gin bindings are logged as params"
+        artefacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+        assert "parsed_config.gin" in artefacts
+        if run.data.tags["stage"] in ("teacher", "distill"):
+            assert {"operative_config.gin", "config.json"} <= artefacts
+            history = client.get_metric_history(run.info.run_id, "student/loss")
+            assert len(history) >= 2  # one point per epoch
+        else:
+            assert "test/top1" in run.data.metrics
+    distill = next(run for run in runs if run.data.tags["stage"] == "distill")
+    assert distill.data.params["DAFL.entropy_weight"] == "20.0"
+
+
+def test_second_repro_does_nothing(smoke_project) -> None:
+    project, _ = smoke_project
+    again = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    assert "Data and pipelines are up to date" in again.stdout
+    assert "Running stage" not in again.stdout
