@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from repro.errors import UserError
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, GIN_FILE = "config.json", "model.safetensors", "operative_config.gin"
+DICTIONARY_FILE = "confounder_dictionary.safetensors"
 
 
 def sha256_of(path: Path) -> str:
@@ -72,8 +73,10 @@ def load_training_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- artefacts
 
-def save_artefact(out_dir: Path, model: nn.Module, config: dict[str, Any], operative_config: str) -> None:
-    """Write ``model`` and its records to ``out_dir`` (replaced as a whole, never half-written)."""
+def save_artefact(out_dir: Path, model: nn.Module, config: dict[str, Any], operative_config: str,
+                  extra_files: dict[str, Callable[[Path], None]] | None = None) -> None:
+    """Write ``model``, its records and ``extra_files`` (name -> writer) to ``out_dir``, replaced as a
+    whole so it is never half-written."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -84,8 +87,10 @@ def save_artefact(out_dir: Path, model: nn.Module, config: dict[str, Any], opera
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(weights, str(partial / WEIGHTS_FILE), metadata={"format": "pt"})
         (partial / GIN_FILE).write_text(operative_config)
-        record = {"format_version": FORMAT_VERSION, **config,
-                  "files": {name: sha256_of(partial / name) for name in (WEIGHTS_FILE, GIN_FILE)}}
+        for name, write in (extra_files or {}).items():
+            write(partial / name)
+        names = [WEIGHTS_FILE, GIN_FILE, *(extra_files or {})]
+        record = {"format_version": FORMAT_VERSION, **config, "files": {name: sha256_of(partial / name) for name in names}}
         (partial / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -122,20 +127,33 @@ def load_artefact(artefact_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     weights_path = artefact_dir / WEIGHTS_FILE
     if not weights_path.exists():
         raise UserError(f"{weights_path} is missing: the artefact is incomplete; re-run the stage that wrote it")
-    expected = config.get("files", {}).get(WEIGHTS_FILE)
-    if expected and sha256_of(weights_path) != expected:
-        raise UserError(f"{weights_path} does not match the sha256 in its config.json: the file is corrupt "
-                        "or was replaced; re-run the stage or pull the artefact again")
+    for name, expected in config.get("files", {}).items():
+        path = artefact_dir / name
+        if not path.exists():
+            raise UserError(f"{path} is missing: the artefact is incomplete; re-run the stage or pull it again")
+        if sha256_of(path) != expected:
+            raise UserError(f"{path} does not match the sha256 in its config.json: the file is corrupt "
+                            "or was replaced; re-run the stage or pull the artefact again")
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{weights_path} is not a readable safetensors file ({exc}): re-run the stage") from None
     data = config["data"]
     model = NetSpec.from_dict(config["architecture"]).build(num_classes=data["num_classes"], in_channels=data["channels"])
+    if "intervention" in config:  # a KDCI student: backbone + intervention + its dictionary file
+        from repro.kdci.model import DeconfoundedStudent
+
+        model = DeconfoundedStudent(model, **config["intervention"])
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"weights in {weights_path} do not fit architecture {config['architecture']['name']!r} "
                         f"({first}): the config and weights come from different models") from None
+    if "intervention" in config:
+        from repro.kdci.dictionary import ConfounderDictionary
+
+        settings = config["intervention"]
+        model.set_dictionary(ConfounderDictionary.load(artefact_dir / DICTIONARY_FILE, settings["num_prototypes"],
+                                                       settings["prototype_dim"]))
     return model.eval(), config

@@ -49,7 +49,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     _configured(args)
     from repro import stages
 
-    stages.evaluate(Path(args.model), Path(args.metrics), not args.no_track)
+    if len(args.model) != len(args.metrics):
+        raise UserError(f"{len(args.model)} --model but {len(args.metrics)} --metrics: give one metrics file per model")
+    for model, metrics in zip(args.model, args.metrics):
+        stages.evaluate(Path(model), Path(metrics), not args.no_track)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -89,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("evaluate", help="accuracy of an artefact on the real test split")
     _gin_args(evaluate)
-    evaluate.add_argument("--model", required=True, help="artefact folder")
-    evaluate.add_argument("--metrics", required=True, help="metrics JSON to write")
+    evaluate.add_argument("--model", required=True, action="append", help="artefact folder (repeatable)")
+    evaluate.add_argument("--metrics", required=True, action="append", help="metrics JSON to write, one per --model")
     evaluate.set_defaults(run=_evaluate)
 
     report = verbs.add_parser("report", help="results table from the metrics JSON files")

@@ -126,6 +126,7 @@ class Trainer:
         interactive = sys.stdout.isatty()
         for epoch in range(start_epoch, self.epochs):
             began = time.perf_counter()
+            method.on_epoch_start(epoch)
             sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
             counts: dict[str, int] = defaultdict(int)
             for round_index in self._progress(range(rounds), label, epoch, interactive):

@@ -6,6 +6,7 @@ or the evaluation, writes one artefact or metrics file, and records one MLflow r
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from repro.data import DataSpec, RealDataset
 from repro.engine import Trainer, resolve_device, seed_everything
 from repro.errors import UserError
 from repro.evaluate import accuracy, write_metrics
+from repro.kdci.model import DeconfoundedStudent
 from repro.methods.base import DFKDMethod
 from repro.methods.supervised import Supervised
 from repro.tracking import NullTracker, git_provenance, open_tracker
@@ -28,7 +30,9 @@ from repro.tracking import NullTracker, git_provenance, open_tracker
 @gin.configurable
 def run_tags(profile: str = "custom", experiment: str = "custom") -> dict[str, str]:
     """Tags every MLflow run carries; profile and experiment are bound by the shipped gin files."""
-    return {"profile": profile, "experiment": experiment, **git_provenance()}
+    # DVC exports DVC_STAGE (e.g. "kdci@dafl-0") to the commands it runs.
+    return {"profile": profile, "experiment": experiment, "dvc_stage": os.environ.get("DVC_STAGE", "none"),
+            **git_provenance()}
 
 
 def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
@@ -38,14 +42,17 @@ def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
 
 def _start_tracking(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> NullTracker:
     tracker = open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()}}, track)
-    tracker.log_params(flat_bindings(gin.config_str()))
+    # The parsed config is kept from the start so a run that dies still shows what it was given;
+    # params are the operative bindings (what was actually used), logged when the stage ends.
     tracker.log_text(gin.config_str(), "parsed_config.gin")
     return tracker
 
 
 def _finish(tracker: NullTracker, out_dir: Path, metrics_path: Path | None) -> None:
-    for name in (checkpoint.CONFIG_FILE, checkpoint.GIN_FILE):
-        tracker.log_artifact(out_dir / name)
+    tracker.log_params(flat_bindings(gin.operative_config_str()))
+    for path in sorted(out_dir.iterdir()):  # records and dictionaries; the weights stay in the artefact
+        if path.name != checkpoint.WEIGHTS_FILE:
+            tracker.log_artifact(path)
     if metrics_path is not None:
         tracker.log_artifact(metrics_path)
     tracker.finish()
@@ -101,7 +108,8 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     described = method.describe()
     tracker = _start_tracking(f"distill-{described['name']}-seed{seed}", "distill",
                               {"dataset": spec.name, "method": described["name"], "network": student.name,
-                               "teacher": teacher_config["architecture"]["name"], "seed": seed}, track)
+                               "teacher": teacher_config["architecture"]["name"], "seed": seed,
+                               "kdci": str("kdci" in described).lower()}, track)
     monitor = monitor_dataset.split("test") if monitor_dataset is not None else None
     ckpt = _checkpoint_path(checkpoint_root, out_dir)
     try:
@@ -111,8 +119,9 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
         config = {"role": "student", "architecture": student.to_dict(), "data": spec.to_dict(),
                   "dataset": teacher_config.get("dataset", {}), "method": described, "seed": seed,
                   "teacher": {"path": str(teacher_dir), "architecture": teacher_config["architecture"],
-                              "sha256": teacher_config["files"]["model.safetensors"]}}
-        checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str())
+                              "sha256": teacher_config["files"]["model.safetensors"]},
+                  **method.artefact_config()}
+        checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str(), method.artefact_files())
         _finish(tracker, out_dir, None)
     except BaseException:
         tracker.finish(failed=True)
@@ -141,13 +150,22 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
                               {"dataset": actual.name, "method": method, "network": config["architecture"]["name"],
                                "seed": config.get("seed"), "role": config.get("role")}, track)
     try:
-        metrics = accuracy(model.to(target), dataset.split("test"), actual.num_classes, target, batch_size)
+        test = dataset.split("test")
+        metrics = accuracy(model.to(target), test, actual.num_classes, target, batch_size)
+        if isinstance(model, DeconfoundedStudent):
+            # The paper does not say whether the intervention is kept at test time: report both.
+            model.intervention_enabled = False
+            backbone = accuracy(model, test, actual.num_classes, target, batch_size)
+            model.intervention_enabled = True
+            metrics.update({"backbone_top1": backbone["top1"], "backbone_top5": backbone["top5"]})
+            tracker.log_metrics({"test/backbone_top1": backbone["top1"]})
         metrics.update({"model": str(model_dir), "role": config.get("role"), "method": method,
                         "network": config["architecture"]["name"], "seed": config.get("seed")})
         write_metrics(metrics_path, metrics)
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
         tracker.log_artifact(metrics_path)
         tracker.log_artifact(Path(model_dir) / checkpoint.CONFIG_FILE)
+        tracker.log_params(flat_bindings(gin.operative_config_str()))
         tracker.finish()
     except BaseException:
         tracker.finish(failed=True)

@@ -46,12 +46,16 @@ def smoke_project(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
     project, result = smoke_project
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in ("teacher", "distill@dafl-0", "distill@dafl-1", "evaluate@dafl-0", "evaluate@dafl-1", "report"):
+    for stage in ("teacher", "distill@dafl-0", "distill@dafl-1", "kdci@dafl-0", "kdci@dafl-1",
+                  "evaluate@dafl-0", "evaluate@dafl-1", "report"):
         assert f"Running stage '{stage}'" in result.stdout
     assert "results: reports/results.md" in result.stdout
-    for artefact in ("models/teacher", "models/students/dafl/seed0", "models/students/dafl/seed1"):
+    artefacts = ["models/teacher"] + [f"models/{family}/dafl/seed{seed}" for family in ("students", "kdci") for seed in (0, 1)]
+    for artefact in artefacts:
         for name in ("config.json", "model.safetensors", "operative_config.gin"):
             assert (project / artefact / name).is_file(), f"{artefact}/{name}"
+    assert (project / "models/kdci/dafl/seed0/confounder_dictionary.safetensors").is_file()
+    assert (project / "reports/results.png").stat().st_size > 1000
     assert not (project / "checkpoints" / "models").exists() or not any((project / "checkpoints").rglob("*.pt"))
 
 
@@ -61,9 +65,17 @@ def test_report_is_built_from_the_metrics_files(smoke_project) -> None:
     teacher = json.loads((project / "metrics/teacher.json").read_text())
     assert results["teacher_top1"] == teacher["top1"]
     (row,) = results["rows"]
-    per_seed = [json.loads((project / f"metrics/students/dafl-seed{seed}.json").read_text())["top1"] for seed in (0, 1)]
-    assert row["method"] == "dafl" and row["seeds"] == [0, 1] and row["top1"] == per_seed
-    assert f"{per_seed[0]:.2f}" in (project / "reports/results.md").read_text()
+
+    def top1(family: str, key: str = "top1") -> list[float]:
+        return [json.loads((project / f"metrics/{family}/dafl-seed{seed}.json").read_text())[key] for seed in (0, 1)]
+
+    assert row["method"] == "dafl" and row["seeds"] == [0, 1]
+    assert row["baseline_top1"] == top1("students") and row["kdci_top1"] == top1("kdci")
+    assert row["kdci_backbone_top1"] == top1("kdci", "backbone_top1")
+    differences = [k - b for k, b in zip(top1("kdci"), top1("students"))]
+    assert row["delta"] == pytest.approx(sum(differences) / 2)
+    assert row["delta_ci95"][0] <= row["delta"] <= row["delta_ci95"][1]
+    assert f"{row['baseline_mean']:.2f} ± {row['baseline_std']:.2f}" in (project / "reports/results.md").read_text()
 
 
 def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> None:
@@ -74,7 +86,13 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
     experiment = client.get_experiment_by_name("kdci-repro")
     runs = client.search_runs([experiment.experiment_id])
     stages = sorted(run.data.tags["stage"] for run in runs)
-    assert stages == ["distill", "distill", "evaluate", "evaluate", "teacher"]
+    assert stages == ["distill"] * 4 + ["evaluate"] * 4 + ["teacher"]
+    kdci_runs = [run for run in runs if run.data.tags.get("kdci") == "true"]
+    assert sorted(run.data.tags["dvc_stage"] for run in kdci_runs) == ["kdci@dafl-0", "kdci@dafl-1"]
+    for run in kdci_runs:
+        assert "confounder_dictionary.safetensors" in {i.path for i in client.list_artifacts(run.info.run_id)}
+        entropy = client.get_metric_history(run.info.run_id, "student/kdci/attention_entropy")
+        assert entropy and all(0 <= point.value <= 2.8 for point in entropy)  # log(16) = 2.77
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.tags["profile"] == "smoke" and run.data.tags["git_commit"] != "unknown"
@@ -87,8 +105,9 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
             assert len(history) >= 2  # one point per epoch
         else:
             assert "test/top1" in run.data.metrics
-    distill = next(run for run in runs if run.data.tags["stage"] == "distill")
-    assert distill.data.params["DAFL.entropy_weight"] == "20.0"
+    baseline = next(run for run in runs if run.data.tags.get("kdci") == "false")
+    assert baseline.data.params["BASE_METHOD/DAFL.entropy_weight"] == "20.0"
+    assert kdci_runs[0].data.params["KDCI.num_prototypes"] == "16"
 
 
 def test_second_repro_does_nothing(smoke_project) -> None:

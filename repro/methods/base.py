@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -57,6 +58,10 @@ class DFKDMethod(abc.ABC):
         self.student = student
         return student
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch (0-based), also after a resume: periodic work
+        such as rebuilding a dictionary or resetting layers belongs here."""
+
     def synthesize(self) -> dict[str, torch.Tensor]:
         """Update the substitution data source (generator steps, image optimisation, pool selection).
 
@@ -78,6 +83,14 @@ class DFKDMethod(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def artefact_files(self) -> dict[str, Callable[[Path], None]]:
+        """Extra files the deployed model needs beside its weights: ``{file name: writer(path)}``."""
+        return {}
+
+    def artefact_config(self) -> dict[str, Any]:
+        """Extra config.json entries needed to rebuild the deployed model."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of the method and its settings (config.json, MLflow tags)."""

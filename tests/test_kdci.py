@@ -1,0 +1,138 @@
+"""KDCI: dictionary (against scikit-learn), attention and NWGM properties, deployment round trip, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro import checkpoint, nets
+from repro.data import DataSpec
+from repro.errors import UserError
+from repro.kdci.dictionary import ConfounderDictionary, build_dictionary, kmeans_plus_plus
+from repro.kdci.intervention import AdditiveAttention, DotProductAttention, UniformAttention, nwgm_expectation
+from repro.kdci.method import KDCI
+from repro.kdci.model import DeconfoundedStudent
+from repro.methods.dafl import DAFL
+from repro.architecture import NetSpec
+
+SPEC = DataSpec(name="digits", num_classes=10, channels=1, image_size=8, mean=(0.3,), std=(0.37,))
+
+
+def _planted(sizes=(200, 100, 50, 50), dim=5, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.eye(len(sizes), dim) * 20.0
+    points = torch.cat([centres[i] + torch.randn(n, dim, generator=generator) for i, n in enumerate(sizes)])
+    labels = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    return points, labels
+
+
+def test_kmeans_matches_scikit_learn_on_planted_clusters() -> None:
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    points, labels = _planted()
+    centres, assignment = kmeans_plus_plus(points, 4, torch.Generator().manual_seed(0))
+    reference = KMeans(n_clusters=4, init="k-means++", n_init=1, random_state=0).fit(points.numpy())
+    assert adjusted_rand_score(labels.numpy(), assignment.numpy()) == 1.0
+    assert adjusted_rand_score(reference.labels_, assignment.numpy()) == 1.0
+    ours = sorted(centres.tolist())
+    theirs = sorted(torch.tensor(reference.cluster_centers_, dtype=torch.float32).tolist())
+    assert torch.allclose(torch.tensor(ours), torch.tensor(theirs), atol=1e-4)
+    inertia = float(((points - centres[assignment]) ** 2).sum())
+    assert inertia <= reference.inertia_ * (1 + 1e-5)
+
+
+def test_prior_is_the_cluster_proportion_and_sums_to_one() -> None:
+    points, _ = _planted()
+    dictionary = build_dictionary(points, 4, 4, seed=0)
+    assert torch.isclose(dictionary.prior.sum(), torch.tensor(1.0))
+    assert torch.equal(dictionary.prior, dictionary.cluster_sizes / dictionary.cluster_sizes.sum())
+    assert sorted(dictionary.cluster_sizes.tolist()) == [50.0, 50.0, 100.0, 200.0]
+    uniform = build_dictionary(points, 4, 4, seed=0, prior="uniform")
+    assert torch.allclose(uniform.prior, torch.full((4,), 0.25))
+
+
+def test_dictionary_is_deterministic_under_a_seed() -> None:
+    points, _ = _planted(dim=12)
+    first, second = build_dictionary(points, 6, 3, seed=3), build_dictionary(points, 6, 3, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first.tensors().values(), second.tensors().values()))
+
+
+@pytest.mark.parametrize("attention", [AdditiveAttention(16, 8, 12), DotProductAttention(16, 8, 12), UniformAttention()],
+                         ids=["additive", "dot_product", "uniform"])
+def test_attention_rows_sum_to_one(attention) -> None:
+    torch.manual_seed(0)
+    weights = attention(torch.randn(5, 16), torch.randn(7, 8))
+    assert weights.shape == (5, 7) and (weights >= 0).all()
+    assert torch.allclose(weights.sum(dim=1), torch.ones(5))
+
+
+def test_uniform_attention_reduces_expectation_to_prior_weighted_mean() -> None:
+    torch.manual_seed(0)
+    prototypes, prior = torch.randn(4, 3), torch.tensor([0.1, 0.2, 0.3, 0.4])
+    weights = UniformAttention()(torch.randn(6, 16), prototypes)
+    expected = (prior[:, None] * prototypes).sum(dim=0) / 4
+    assert torch.allclose(nwgm_expectation(weights, prototypes, prior), expected.expand(6, 3), atol=1e-7)
+
+
+def test_gradients_reach_attention_and_fusion_not_dictionary() -> None:
+    torch.manual_seed(0)
+    points, _ = _planted(dim=64, sizes=(40, 40, 40, 40))
+    student = DeconfoundedStudent(nets.create("digits_cnn_small"), 4, 8, fusion="feature")
+    student.set_dictionary(build_dictionary(points, 4, 8))
+    # The fusion starts at zero (compensation off); once trained it is not, and gradient reaches the attention.
+    torch.nn.init.normal_(student.fusion.project_expectation.weight)
+    student(torch.randn(8, 1, 8, 8)).square().sum().backward()
+    for name, parameter in student.named_parameters():
+        if not name.startswith("backbone."):
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert not student.prototypes.requires_grad and not student.prior.requires_grad
+
+
+def _trained_kdci_student(teacher_dir: Path) -> tuple[KDCI, torch.nn.Module, dict]:
+    from repro.engine import Trainer
+
+    teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
+    base = DAFL(generator=NetSpec("dcgan_generator", {"latent_dim": 16, "base_channels": 8}),
+                generator_optimizer=torch.optim.Adam, synthesis_batch_size=32)
+    method = KDCI(base=base, num_prototypes=5, pca_dim=6, dictionary_samples=200, warmup_epochs=1)
+    trainer = Trainer(epochs=2, steps_per_epoch=3, batch_size=32, optimizer=lambda params: torch.optim.SGD(params, lr=0.05), device="cpu")
+    model = trainer.fit(method, nets.create("digits_cnn_small"), SPEC, teacher)
+    config = {"role": "student", "architecture": {"name": "digits_cnn_small", "kwargs": {}}, "data": SPEC.to_dict(),
+              "method": method.describe(), **method.artefact_config()}
+    return method, model, config
+
+
+def test_save_load_round_trip_gives_identical_predictions(teacher_dir: Path, tmp_path: Path) -> None:
+    method, model, config = _trained_kdci_student(teacher_dir)
+    checkpoint.save_artefact(tmp_path / "kdci", model, config, "", method.artefact_files())
+    assert (tmp_path / "kdci" / checkpoint.DICTIONARY_FILE).is_file()
+    loaded, loaded_config = checkpoint.load_artefact(tmp_path / "kdci")
+    assert isinstance(loaded, DeconfoundedStudent) and loaded.active
+    images = torch.randn(16, 1, 8, 8)
+    assert torch.equal(model.eval()(images), loaded(images))
+    assert not torch.equal(loaded(images), loaded.backbone(images)), "the intervention must change the prediction"
+    dictionary = ConfounderDictionary.load(tmp_path / "kdci" / checkpoint.DICTIONARY_FILE)
+    assert dictionary.metadata()["num_prototypes"] == "5" and dictionary.feature_source == "penultimate"
+    assert loaded_config["method"]["name"] == "dafl+kdci"
+
+
+def test_dictionary_of_the_wrong_shape_or_corrupt_is_a_clear_error(tmp_path: Path) -> None:
+    points, _ = _planted(dim=16)
+    build_dictionary(points, 4, 6).save(tmp_path / "dict.safetensors")
+    with pytest.raises(UserError, match="holds 4 prototypes of dimension 6 but the model expects 8 x 6"):
+        ConfounderDictionary.load(tmp_path / "dict.safetensors", num_prototypes=8, dim=6)
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00garbage")
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        ConfounderDictionary.load(tmp_path / "corrupt.safetensors")
+    with pytest.raises(UserError, match="is missing"):
+        ConfounderDictionary.load(tmp_path / "absent.safetensors")
+
+
+def test_more_prototypes_than_samples_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="num_prototypes = 50 is larger than the 20 substitution samples"):
+        build_dictionary(torch.randn(20, 8), 50, 4)
+    with pytest.raises(UserError, match="num_prototypes"):
+        KDCI(base=None, num_prototypes=0)
