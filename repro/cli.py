@@ -61,6 +61,21 @@ def _report(args: argparse.Namespace) -> None:
     report.write_report(Path(args.metrics_dir), Path(args.out))
 
 
+def _ablate(args: argparse.Namespace) -> None:
+    import repro.configurables  # noqa: F401
+    from repro import ablate
+
+    ablate.run_ablations(Path(args.params), Path(args.teacher), Path(args.metrics_dir), Path(args.out),
+                         track=not args.no_track)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    _configured(args)
+    from repro import bench
+
+    print(bench.format_result(bench.bench_kdci_overhead()))
+
+
 def _names(args: argparse.Namespace) -> None:
     import gin
 
@@ -100,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metrics-dir", default="metrics")
     report.add_argument("--out", default="reports")
     report.set_defaults(run=_report)
+
+    ablate = verbs.add_parser("ablate", help="KDCI ablations (when params.yaml says ablate: true)")
+    ablate.add_argument("--params", default="params.yaml", help="params file: experiment, profile, methods, seeds, ablate")
+    ablate.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
+    ablate.add_argument("--metrics-dir", default="metrics", help="where the baseline and KDCI metrics are")
+    ablate.add_argument("--out", default="reports/ablations.md")
+    ablate.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
+    ablate.set_defaults(run=_ablate)
+
+    bench = verbs.add_parser("bench", help="time per student step of a baseline vs the same baseline + KDCI")
+    _gin_args(bench)
+    bench.set_defaults(run=_bench)
 
     names = verbs.add_parser("names", help="list registered networks and gin configurables")
     names.set_defaults(run=_names)

@@ -127,7 +127,7 @@ class Trainer:
         for epoch in range(start_epoch, self.epochs):
             began = time.perf_counter()
             method.on_epoch_start(epoch)
-            sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+            sums: dict[str, torch.Tensor | float] = defaultdict(float)
             counts: dict[str, int] = defaultdict(int)
             for round_index in self._progress(range(rounds), label, epoch, interactive):
                 for name, value in method.synthesize().items():
@@ -143,7 +143,7 @@ class Trainer:
                         sums[f"student/{name}"] += value.detach()
                         counts[f"student/{name}"] += 1
                 # One host sync per round: a NaN is caught before it is checkpointed.
-                if not torch.isfinite(sums["student/loss"]):
+                if not torch.isfinite(torch.as_tensor(sums["student/loss"])):
                     step = epoch * self.steps_per_epoch + (round_index + 1) * self.student_steps_per_round
                     kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path else "nothing was saved"
                     raise TrainingDiverged(
@@ -151,7 +151,12 @@ class Trainer:
                         f"step {step}: lower the learning rates or loss weights; {kept}")
             if scheduler is not None:
                 scheduler.step()
-            metrics = {name: float(total) / counts[name] for name, total in sums.items()}
+            metrics: dict[str, float] = {}
+            for name, total in sums.items():
+                mean = (total / counts[name]).cpu()
+                # Vector terms (e.g. per-prototype usage) become one metric per entry.
+                metrics.update({name: float(mean)} if mean.ndim == 0 else
+                               {f"{name}/{index:02d}": float(value) for index, value in enumerate(mean)})
             metrics["student/lr"] = optimizer.param_groups[0]["lr"]
             if monitor_data is not None and ((epoch + 1) % self.monitor_every == 0 or epoch + 1 == self.epochs):
                 metrics["monitor/top1"] = accuracy(model, monitor_data, spec.num_classes, self.device)["top1"]

@@ -136,8 +136,7 @@ class KDCI(DFKDMethod):
         if weights is not None:
             # Entropy of lambda (log N = uniform) and how much each prototype is attended to.
             terms["kdci/attention_entropy"] = -(weights * weights.clamp_min(1e-12).log()).sum(dim=1).mean()
-            for index, usage in enumerate(weights.mean(dim=0)):
-                terms[f"kdci/prototype_usage/{index:02d}"] = usage
+            terms["kdci/prototype_usage"] = weights.mean(dim=0)  # [N]: the Trainer logs one metric per entry
         return terms
 
     def state_dict(self) -> dict[str, Any]:
