@@ -58,7 +58,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from repro import report
 
-    report.write_report(Path(args.metrics_dir), Path(args.out))
+    report.write_report(Path(args.metrics_dir), Path(args.out), Path(args.diagnostics) if args.diagnostics else None)
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -74,6 +74,16 @@ def _bench(args: argparse.Namespace) -> None:
     from repro import bench
 
     print(bench.format_result(bench.bench_kdci_overhead()))
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    _configured(args)
+    from repro import diagnose
+
+    models = sorted({path.parent for root in args.models for path in Path(root).rglob(diagnose.SAMPLE_FILE)})
+    if not models:
+        raise UserError(f"no {diagnose.SAMPLE_FILE} under {', '.join(args.models)}: run the distillation stages first")
+    diagnose.diagnose(Path(args.teacher), models, Path(args.out))
 
 
 def _names(args: argparse.Namespace) -> None:
@@ -114,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = verbs.add_parser("report", help="results table from the metrics JSON files")
     report.add_argument("--metrics-dir", default="metrics")
     report.add_argument("--out", default="reports")
+    report.add_argument("--diagnostics", default=None, help="diagnostics.md to append (from `repro diagnose`)")
     report.set_defaults(run=_report)
 
     ablate = verbs.add_parser("ablate", help="KDCI ablations (when params.yaml says ablate: true)")
@@ -127,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = verbs.add_parser("bench", help="time per student step of a baseline vs the same baseline + KDCI")
     _gin_args(bench)
     bench.set_defaults(run=_bench)
+
+    diag = verbs.add_parser("diagnose", help="class-proportion shift and Frechet distance of substitution data")
+    _gin_args(diag)
+    diag.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
+    diag.add_argument("--models", nargs="+", default=["models/students", "models/kdci"],
+                      help="folders searched for student artefacts with a substitution sample")
+    diag.add_argument("--out", default="reports/diagnostics", help="output folder")
+    diag.set_defaults(run=_diagnose)
 
     names = verbs.add_parser("names", help="list registered networks and gin configurables")
     names.set_defaults(run=_names)

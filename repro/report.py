@@ -155,11 +155,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(metrics_dir: Path, out_dir: Path) -> dict[str, Any]:
+def write_report(metrics_dir: Path, out_dir: Path, diagnostics: Path | None = None) -> dict[str, Any]:
+    """Write results.{json,md,png}; ``diagnostics`` (a diagnostics.md) is appended as a section."""
     results = collect(metrics_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     markdown = render_markdown(results)
+    if diagnostics is not None:
+        if not diagnostics.exists():
+            raise UserError(f"{diagnostics} not found: run `repro diagnose` (stage diagnose) first")
+        markdown += "\n" + diagnostics.read_text()
     (out_dir / "results.md").write_text(markdown)
     plot(results, out_dir / "results.png")
     print(markdown)

@@ -14,7 +14,7 @@ from typing import Any
 import gin
 import torch
 
-from repro import checkpoint
+from repro import checkpoint, diagnose
 from repro.architecture import NetSpec
 from repro.config import fingerprint, flat_bindings
 from repro.data import DataSpec, RealDataset
@@ -93,11 +93,13 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
 @gin.configurable(denylist=["teacher_dir", "out_dir", "checkpoint_root", "track"])
 def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True, *,
             method: DFKDMethod = gin.REQUIRED, student: NetSpec = gin.REQUIRED, seed: int = 0,
-            monitor_dataset: RealDataset | None = None) -> Path:
+            monitor_dataset: RealDataset | None = None, substitution_sample_size: int = 2048) -> Path:
     """Distil a student from the teacher artefact with a data-free ``method``; save the student.
 
     Opens no real data: class count, image shape and normalisation come from the teacher's artefact.
     ``monitor_dataset`` (off by default) logs test top-1 per epoch for curves, never for selection.
+    ``substitution_sample_size`` substitution images are recorded through the teacher's eyes
+    (features, predictions) for ``repro diagnose``; 0 records none.
     """
     teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
     spec = DataSpec.from_dict(teacher_config["data"])
@@ -121,7 +123,13 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
                   "teacher": {"path": str(teacher_dir), "architecture": teacher_config["architecture"],
                               "sha256": teacher_config["files"]["model.safetensors"]},
                   **method.artefact_config()}
-        checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str(), method.artefact_files())
+        files = dict(method.artefact_files())
+        if substitution_sample_size > 0:
+            from safetensors.torch import save_file
+
+            sample = diagnose.sample_substitution_data(method, teacher, substitution_sample_size)
+            files[diagnose.SAMPLE_FILE] = lambda path: save_file(sample, str(path))
+        checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str(), files)
         _finish(tracker, out_dir, None)
     except BaseException:
         tracker.finish(failed=True)

@@ -47,7 +47,7 @@ def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
     project, result = smoke_project
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("teacher", "distill@dafl-0", "distill@dafl-1", "kdci@dafl-0", "kdci@dafl-1",
-                  "evaluate@dafl-0", "evaluate@dafl-1", "report"):
+                  "evaluate@dafl-0", "evaluate@dafl-1", "diagnose", "report", "ablate"):
         assert f"Running stage '{stage}'" in result.stdout
     assert "results: reports/results.md" in result.stdout
     artefacts = ["models/teacher"] + [f"models/{family}/dafl/seed{seed}" for family in ("students", "kdci") for seed in (0, 1)]
@@ -56,6 +56,10 @@ def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
             assert (project / artefact / name).is_file(), f"{artefact}/{name}"
     assert (project / "models/kdci/dafl/seed0/confounder_dictionary.safetensors").is_file()
     assert (project / "reports/results.png").stat().st_size > 1000
+    assert "Ablations are off" in (project / "reports/ablations.md").read_text()
+    diagnostics = json.loads((project / "reports/diagnostics/diagnostics.json").read_text())
+    assert len(diagnostics["rows"]) == 4 and all(0 <= row["shift_score_tv"] <= 1 for row in diagnostics["rows"])
+    assert "Substitution-data shift" in (project / "reports/results.md").read_text()
     assert not (project / "checkpoints" / "models").exists() or not any((project / "checkpoints").rglob("*.pt"))
 
 

@@ -56,3 +56,17 @@ def test_report_and_ablations_from_stage_outputs(teacher_dir: Path, tmp_path: Pa
         top1 = json.loads((tmp_path / f"metrics/ablations/{variant}/dafl-seed0.json").read_text())["top1"]
         assert f"| dafl | {variant} |" in text and f"{top1:.2f} ± 0.00" in text
     assert (tmp_path / "ablations.md").read_text() == text
+
+
+def test_frechet_distance_and_shift_score_golden_values() -> None:
+    import torch
+
+    from repro.diagnose import frechet_distance, proportions
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=generator)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # Same covariance, means 2 apart on one axis: distance |mu_a - mu_b|^2 = 4.
+    assert frechet_distance(a, a + torch.tensor([2.0, 0.0, 0.0])) == pytest.approx(4.0, abs=1e-6)
+    share = proportions(torch.tensor([0, 0, 1, 1]), 3)
+    assert share.tolist() == [0.5, 0.5, 0.0]
