@@ -38,12 +38,30 @@ def _check_components(dataset: RealDataset | None = None) -> None:
         assert trainer.epochs > 0 and trainer.batch_size > 0
 
 
+EXTRAS = {"baseline": [], "kdci": [REPO / "gin/kdci.gin"], "bench": [REPO / "gin/kdci.gin", REPO / "gin/bench.gin"]}
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=str)
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
 @pytest.mark.parametrize("method", METHODS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
-def test_experiment_method_profile_builds(experiment: Path, method: Path, profile: Path) -> None:
-    config.parse([experiment, method, profile])
+def test_experiment_method_profile_builds(experiment: Path, method: Path, profile: Path, extra: str) -> None:
+    files = [experiment, method, *EXTRAS[extra][:1], profile, *EXTRAS[extra][1:]]
+    config.parse(files)
     _check_components()
+    if extra == "bench":
+        assert isinstance(_build("bench_kdci_overhead.wrapped"), DFKDMethod)
+
+
+def test_every_ablation_variant_applies_on_top_of_kdci() -> None:
+    from repro import ablate
+
+    config.parse([REPO / "gin/ablations.gin"])
+    variants = ablate.ablation_variants()
+    assert {"random_lambda", "random_z", "no_prior"} <= set(variants)
+    for bindings in variants.values():
+        config.parse([EXPERIMENTS[0], METHODS[0], REPO / "gin/kdci.gin", PROFILES[0]], bindings)
+        assert isinstance(_build("distill.method"), DFKDMethod)
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p.stem)

@@ -136,3 +136,20 @@ def test_more_prototypes_than_samples_is_a_clear_error() -> None:
         build_dictionary(torch.randn(20, 8), 50, 4)
     with pytest.raises(UserError, match="num_prototypes"):
         KDCI(base=None, num_prototypes=0)
+
+
+def test_bench_measures_both_students_and_dictionary_builds() -> None:
+    from conftest import REPO
+    from repro import bench, config
+
+    gin_dir = REPO / "gin"
+    config.parse([gin_dir / "experiments/digits.gin", gin_dir / "methods/dafl.gin", gin_dir / "kdci.gin",
+                  gin_dir / "profiles/smoke.gin", gin_dir / "bench.gin"],
+                 ["bench_kdci_overhead.steps = 4", "bench_kdci_overhead.warmup_steps = 1",
+                  "bench_kdci_overhead.batch_size = 16", "bench_kdci_overhead.dictionary_sizes = (500,)",
+                  "KDCI.dictionary_samples = 64"])
+    result = bench.bench_kdci_overhead()
+    assert result["baseline_step_ms"] > 0 and result["kdci_step_ms"] > 0
+    assert result["overhead_percent"] == pytest.approx(100 * (result["kdci_step_ms"] / result["baseline_step_ms"] - 1))
+    assert set(result["dictionary_build_seconds"]) == {500}
+    assert "overhead" in bench.format_result(result)

@@ -41,7 +41,7 @@ class KDCI(DFKDMethod):
         prior: str = "proportion",
         attention: str = "additive",
         fusion: str = "logit",
-        attention_dim: int = 64,
+        attention_dim: int = 32,
         dictionary_samples: int = 2048,
         warmup_epochs: int = 1,
         refresh_every_epochs: int = 0,
