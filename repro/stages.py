@@ -6,10 +6,11 @@ or the evaluation, writes one artefact or metrics file, and records one MLflow r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gin
 import torch
@@ -40,22 +41,27 @@ def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
     return checkpoint_root / relative / "last.pt"
 
 
-def _start_tracking(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> NullTracker:
+@contextlib.contextmanager
+def _tracked(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> Iterator[NullTracker]:
+    """One MLflow run around a stage: FAILED if the stage raises, else FINISHED with the operative
+    bindings as params. The parsed config is logged first, so a run that dies still shows its input."""
     tracker = open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()}}, track)
-    # The parsed config is kept from the start so a run that dies still shows what it was given;
-    # params are the operative bindings (what was actually used), logged when the stage ends.
     tracker.log_text(gin.config_str(), "parsed_config.gin")
-    return tracker
-
-
-def _finish(tracker: NullTracker, out_dir: Path, metrics_path: Path | None) -> None:
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
     tracker.log_params(flat_bindings(gin.operative_config_str()))
+    tracker.finish()
+
+
+def _log_outputs(tracker: NullTracker, out_dir: Path, metrics_path: Path | None) -> None:
     for path in sorted(out_dir.iterdir()):  # records and dictionaries; the weights stay in the artefact
         if path.name != checkpoint.WEIGHTS_FILE:
             tracker.log_artifact(path)
     if metrics_path is not None:
         tracker.log_artifact(metrics_path)
-    tracker.finish()
 
 
 @gin.configurable(denylist=["out_dir", "metrics_path", "checkpoint_root", "track"])
@@ -68,10 +74,9 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
     model = network.build(num_classes=spec.num_classes, in_channels=spec.channels)
     with gin.config_scope("teacher"):
         trainer, method = Trainer(), Supervised(train_data=train, seed=seed)
-    tracker = _start_tracking(f"teacher-{network.name}-seed{seed}", "teacher",
-                              {"dataset": spec.name, "network": network.name, "seed": seed, "method": "supervised"}, track)
     ckpt = _checkpoint_path(checkpoint_root, out_dir)
-    try:
+    with _tracked(f"teacher-{network.name}-seed{seed}", "teacher",
+                  {"dataset": spec.name, "network": network.name, "seed": seed, "method": "supervised"}, track) as tracker:
         model = trainer.fit(method, model, spec, monitor_data=test, checkpoint_path=ckpt,
                             fingerprint=fingerprint("teacher", gin.config_str()), tracker=tracker, label="teacher")
         metrics = {**accuracy(model, test, spec.num_classes, trainer.device), "model": str(out_dir), "role": "teacher",
@@ -81,10 +86,7 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
         checkpoint.save_artefact(out_dir, model, config, gin.operative_config_str())
         write_metrics(metrics_path, metrics)
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
-        _finish(tracker, out_dir, metrics_path)
-    except BaseException:
-        tracker.finish(failed=True)
-        raise
+        _log_outputs(tracker, out_dir, metrics_path)
     shutil.rmtree(ckpt.parent, ignore_errors=True)
     print(f"teacher {network.name}: test top-1 {metrics['top1']:.2f}% -> {out_dir} (metrics: {metrics_path})")
     return metrics
@@ -108,13 +110,11 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     with gin.config_scope("student"):
         trainer = Trainer()
     described = method.describe()
-    tracker = _start_tracking(f"distill-{described['name']}-seed{seed}", "distill",
-                              {"dataset": spec.name, "method": described["name"], "network": student.name,
-                               "teacher": teacher_config["architecture"]["name"], "seed": seed,
-                               "kdci": str("kdci" in described).lower()}, track)
     monitor = monitor_dataset.split("test") if monitor_dataset is not None else None
     ckpt = _checkpoint_path(checkpoint_root, out_dir)
-    try:
+    tags = {"dataset": spec.name, "method": described["name"], "network": student.name,
+            "teacher": teacher_config["architecture"]["name"], "seed": seed, "kdci": str("kdci" in described).lower()}
+    with _tracked(f"distill-{described['name']}-seed{seed}", "distill", tags, track) as tracker:
         trained = trainer.fit(method, model, spec, teacher, monitor_data=monitor, checkpoint_path=ckpt,
                               fingerprint=fingerprint("distill", gin.config_str(), teacher_config["files"]["model.safetensors"]),
                               tracker=tracker, label=f"distill {described['name']} seed {seed}")
@@ -130,10 +130,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
             sample = diagnose.sample_substitution_data(method, teacher, substitution_sample_size)
             files[diagnose.SAMPLE_FILE] = lambda path: save_file(sample, str(path))
         checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str(), files)
-        _finish(tracker, out_dir, None)
-    except BaseException:
-        tracker.finish(failed=True)
-        raise
+        _log_outputs(tracker, out_dir, None)
     shutil.rmtree(ckpt.parent, ignore_errors=True)
     print(f"student {student.name} by {described['name']} (seed {seed}) -> {out_dir}")
     return out_dir
@@ -154,10 +151,9 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
                         f"{actual.mean}/{actual.std}: the dataset split settings differ from the teacher's")
     target = resolve_device(device)
     method = config.get("method", {}).get("name", "unknown")
-    tracker = _start_tracking(f"evaluate-{method}-seed{config.get('seed')}", "evaluate",
-                              {"dataset": actual.name, "method": method, "network": config["architecture"]["name"],
-                               "seed": config.get("seed"), "role": config.get("role")}, track)
-    try:
+    tags = {"dataset": actual.name, "method": method, "network": config["architecture"]["name"],
+            "seed": config.get("seed"), "role": config.get("role")}
+    with _tracked(f"evaluate-{method}-seed{config.get('seed')}", "evaluate", tags, track) as tracker:
         test = dataset.split("test")
         metrics = accuracy(model.to(target), test, actual.num_classes, target, batch_size)
         if isinstance(model, DeconfoundedStudent):
@@ -173,10 +169,5 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
         tracker.log_artifact(metrics_path)
         tracker.log_artifact(Path(model_dir) / checkpoint.CONFIG_FILE)
-        tracker.log_params(flat_bindings(gin.operative_config_str()))
-        tracker.finish()
-    except BaseException:
-        tracker.finish(failed=True)
-        raise
     print(f"{model_dir}: test top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% -> {metrics_path}")
     return metrics
