@@ -28,6 +28,9 @@ class _KilledAt(DFKDMethod):
     def setup(self, teacher, student, spec, device):
         return self.inner.setup(teacher, student, spec, device)
 
+    def on_epoch_start(self, epoch: int) -> None:
+        self.inner.on_epoch_start(epoch)
+
     def synthesize(self):
         return self.inner.synthesize()
 
@@ -47,8 +50,10 @@ class _KilledAt(DFKDMethod):
         self.inner.load_state_dict(state)
 
 
-def _run(teacher_dir: Path, ckpt: Path | None, kill_after: int | None = None) -> dict[str, torch.Tensor]:
-    config.parse(DAFL_SMOKE, BINDINGS)
+def _run(teacher_dir: Path, ckpt: Path | None, kill_after: int | None = None,
+         kdci: bool = False) -> dict[str, torch.Tensor]:
+    files = DAFL_SMOKE[:2] + [REPO / "gin/kdci.gin"] * kdci + DAFL_SMOKE[2:]
+    config.parse(files, BINDINGS + ["KDCI.dictionary_samples = 128", "KDCI.num_prototypes = 4", "KDCI.pca_dim = 8"])
     teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
     spec = DataSpec.from_dict(teacher_config["data"])
     seed_everything(0)
@@ -59,16 +64,21 @@ def _run(teacher_dir: Path, ckpt: Path | None, kill_after: int | None = None) ->
     with gin.config_scope("student"):
         trainer = Trainer(device="cpu")
     model = trainer.fit(method, student, spec, teacher, checkpoint_path=ckpt, fingerprint="same")
-    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for name in ("prototypes", "prior"):  # a KDCI student's dictionary must survive the resume too
+        if hasattr(model, name):
+            state[name] = getattr(model, name).clone()
+    return state
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(teacher_dir: Path, tmp_path: Path) -> None:
-    reference = _run(teacher_dir, None)
+@pytest.mark.parametrize("kdci", [False, True], ids=["dafl", "dafl+kdci"])
+def test_resume_after_interruption_matches_uninterrupted_run(teacher_dir: Path, tmp_path: Path, kdci: bool) -> None:
+    reference = _run(teacher_dir, None, kdci=kdci)
     ckpt = tmp_path / "last.pt"
     with pytest.raises(KeyboardInterrupt):
-        _run(teacher_dir, ckpt, kill_after=10)  # dies in epoch 3 (4 samples per epoch)
+        _run(teacher_dir, ckpt, kill_after=10, kdci=kdci)  # dies in epoch 3 (4 samples per epoch)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 2
-    resumed = _run(teacher_dir, ckpt)
+    resumed = _run(teacher_dir, ckpt, kdci=kdci)
     assert reference.keys() == resumed.keys()
     for name in reference:
         assert torch.equal(reference[name], resumed[name]), name

@@ -120,3 +120,52 @@ def test_second_repro_does_nothing(smoke_project) -> None:
     assert again.returncode == 0
     assert "Data and pipelines are up to date" in again.stdout
     assert "Running stage" not in again.stdout
+
+
+def test_mlflow_server_lists_the_runs_over_rest(smoke_project) -> None:
+    """What `mlflow ui` shows: a real server on 127.0.0.1 over the store the pipeline wrote."""
+    import json as jsonlib
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    project, _ = smoke_project
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}"],
+                              cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not answer /health")
+                time.sleep(1)
+
+        def post(path: str, body: dict) -> dict:
+            request = urllib.request.Request(f"{base}{path}", data=jsonlib.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return jsonlib.loads(response.read())
+
+        experiments = post("/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
+        experiment = next(e for e in experiments if e["name"] == "kdci-repro")
+        runs = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        stages = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "stage") for run in runs)
+        assert stages == ["distill"] * 4 + ["evaluate"] * 4 + ["teacher"]
+        with urllib.request.urlopen(base + "/", timeout=20) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+    finally:
+        import os
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
