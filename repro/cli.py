@@ -15,12 +15,13 @@ from typing import Callable, Sequence
 from repro.errors import UserError
 
 
-def _gin_args(parser: argparse.ArgumentParser) -> None:
+def _gin_args(parser: argparse.ArgumentParser, tracked: bool = True) -> None:
     parser.add_argument("--gin", action="append", default=[], metavar="FILE",
                         help="gin file (repeatable; later files override earlier ones)")
     parser.add_argument("--bind", action="append", default=[], metavar="NAME=VALUE",
                         help="gin binding applied after the files, e.g. --bind SEED=1")
-    parser.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
+    if tracked:
+        parser.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
 
 
 def _configured(args: argparse.Namespace) -> None:
@@ -93,8 +94,10 @@ def _names(args: argparse.Namespace) -> None:
     from repro import nets
 
     print("networks: " + ", ".join(nets.list_networks()))
-    configurables = sorted({name for name in gin.config._REGISTRY if name.startswith("repro.")})  # noqa: SLF001
-    print("gin configurables: " + ", ".join(name.rsplit(".", 1)[-1] for name in configurables))
+    selectors = [selector for selector, _ in gin.config._REGISTRY.items()]  # noqa: SLF001 (gin has no public listing)
+    ours = sorted({s.rsplit(".", 1)[-1] for s in selectors if s.startswith("repro.")})
+    print("gin configurables (repro): " + ", ".join(ours))
+    print("gin configurables (torch): " + ", ".join(sorted({s.rsplit(".", 1)[-1] for s in selectors if s.startswith("torch.optim")})))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,11 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.set_defaults(run=_ablate)
 
     bench = verbs.add_parser("bench", help="time per student step of a baseline vs the same baseline + KDCI")
-    _gin_args(bench)
+    _gin_args(bench, tracked=False)
     bench.set_defaults(run=_bench)
 
     diag = verbs.add_parser("diagnose", help="class-proportion shift and Frechet distance of substitution data")
-    _gin_args(diag)
+    _gin_args(diag, tracked=False)
     diag.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
     diag.add_argument("--models", nargs="+", default=["models/students", "models/kdci"],
                       help="folders searched for student artefacts with a substitution sample")

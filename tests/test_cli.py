@@ -54,3 +54,9 @@ def test_negative_learning_rate(tmp_path: Path, teacher_dir: Path) -> None:
                      "--bind", "student/SGD.lr = -1.0", "--teacher", str(teacher_dir), "--out", str(tmp_path / "s"),
                      "--no-track", "--checkpoint-dir", str(tmp_path / "c"))
     _assert_one_line_error(result, "learning rate")
+
+
+def test_names_lists_networks_and_configurables() -> None:
+    result = run_cli("names")
+    assert result.returncode == 0, result.stderr
+    assert "resnet34" in result.stdout and "KDCI" in result.stdout and "SGD" in result.stdout
