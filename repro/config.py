@@ -14,7 +14,7 @@ from repro.errors import UserError
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def parse(files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None:

@@ -29,7 +29,8 @@ def _clone_work_tree(target: Path) -> None:
     params = (target / "params.yaml").read_text()
     params = params.replace("profile: default", "profile: smoke").replace("seeds: [0, 1, 2]", "seeds: [0, 1]")
     (target / "params.yaml").write_text(params)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "snapshot"]):
+    identity = ["-c", "user.name=kdci-repro tests", "-c", "user.email=tests@kdci-repro.invalid"]
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *identity, "commit", "-qm", "snapshot"]):
         subprocess.run(command, cwd=target, check=True, capture_output=True)
 
 
