@@ -10,7 +10,6 @@ Cost: O(N * m * d) per Lloyd iteration for m samples of dimension d; storage O(N
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -94,9 +93,6 @@ class ConfounderDictionary:
             raise UserError(f"{path} has inconsistent shapes (prior {tuple(dictionary.prior.shape)}, basis "
                             f"{tuple(dictionary.pca_basis.shape)}): the file is damaged; re-run the kdci stage")
         return dictionary
-
-    def describe(self) -> str:
-        return json.dumps({**self.metadata(), "prior_values": [round(float(p), 4) for p in self.prior]})
 
 
 def pca(features: torch.Tensor, dim: int, whiten: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
