@@ -40,3 +40,28 @@ def information_entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     """
     mean_prob = F.softmax(teacher_logits, dim=1).mean(dim=0)
     return (mean_prob * torch.log(mean_prob.clamp_min(1e-12))).sum()
+
+
+def jensen_shannon_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                        temperature: float = 3.0) -> torch.Tensor:
+    """Jensen-Shannon divergence of softened outputs, batch mean (DeepInversion's "Adaptive
+    DeepInversion" competition term, Yin et al., CVPR 2020, Eq. 8; the synthesiser *maximises* it)."""
+    p = F.softmax(student_logits / temperature, dim=1)
+    q = F.softmax(teacher_logits / temperature, dim=1)
+    log_m = (0.5 * (p + q)).clamp_min(1e-12).log()
+    return 0.5 * (F.kl_div(log_m, p, reduction="batchmean") + F.kl_div(log_m, q, reduction="batchmean"))
+
+
+def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
+    """L2 total variation of images [B, C, H, W] (DeepInversion's image prior R_prior, Eq. 3)."""
+    dx = images[..., :, 1:] - images[..., :, :-1]
+    dy = images[..., 1:, :] - images[..., :-1, :]
+    return dx.square().mean() + dy.square().mean()
+
+
+def bn_statistics_loss(batch_means: list[torch.Tensor], batch_vars: list[torch.Tensor],
+                       running_means: list[torch.Tensor], running_vars: list[torch.Tensor]) -> torch.Tensor:
+    """DeepInversion feature-distribution regulariser (Eq. 4): sum over BN layers of
+    ``||mu(x) - running_mean||_2 + ||sigma^2(x) - running_var||_2``."""
+    return torch.stack([torch.linalg.vector_norm(m - rm) + torch.linalg.vector_norm(v - rv)
+                        for m, v, rm, rv in zip(batch_means, batch_vars, running_means, running_vars)]).sum()

@@ -38,3 +38,24 @@ def test_information_entropy_is_minus_log_k_for_balanced_batch():
 def test_activation_loss_is_negative_mean_absolute_feature():
     features = torch.tensor([[1.0, -3.0], [0.5, 0.5]])
     assert losses.activation_loss(features).item() == -1.25
+
+
+def test_jensen_shannon_is_symmetric_zero_on_equal_and_bounded_by_log2():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 5), torch.randn(4, 5)
+    assert losses.jensen_shannon_loss(a, a).abs() < 1e-6
+    assert torch.isclose(losses.jensen_shannon_loss(a, b), losses.jensen_shannon_loss(b, a))
+    far = losses.jensen_shannon_loss(torch.tensor([[100.0, -100.0]]), torch.tensor([[-100.0, 100.0]]), 1.0)
+    assert abs(far.item() - math.log(2)) < 1e-5
+
+
+def test_total_variation_of_a_step_image():
+    image = torch.zeros(1, 1, 2, 2)
+    image[..., :, 1] = 1.0  # one vertical edge: dx = [1, 1] over 2 positions, dy = 0
+    assert losses.total_variation_loss(image).item() == 1.0
+
+
+def test_bn_statistics_loss_sums_l2_distances_over_layers():
+    value = losses.bn_statistics_loss([torch.tensor([3.0, 0.0])], [torch.tensor([1.0, 1.0])],
+                                      [torch.tensor([0.0, 4.0])], [torch.tensor([1.0, 1.0])])
+    assert value.item() == 5.0  # ||(3, -4)|| + ||0||

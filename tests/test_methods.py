@@ -81,7 +81,7 @@ def test_one_synthesis_and_one_student_step(method_file: tuple[Path, ...]) -> No
 @pytest.mark.parametrize("method_file", METHODS, ids=_ids)
 def test_trainer_evaluates_the_student_the_method_trains(method_file: tuple[Path, ...]) -> None:
     seed_everything(0)
-    method = _method(method_file, "DISTILL_EPOCHS = 1", "student/Trainer.steps_per_epoch = 5")
+    method = _method(method_file, "DISTILL_EPOCHS = 1", "STUDENT_STEPS = 5")
     with gin.config_scope("student"):
         trainer = Trainer(device="cpu")
     teacher, student = nets.create("digits_cnn_small"), nets.create("digits_cnn_small")

@@ -2,6 +2,7 @@
 
 from repro.methods.base import Batch, DFKDMethod
 from repro.methods.dafl import DAFL
+from repro.methods.deepinv import DeepInversion
 from repro.methods.supervised import Supervised
 
-__all__ = ["Batch", "DFKDMethod", "DAFL", "Supervised"]
+__all__ = ["Batch", "DFKDMethod", "DAFL", "DeepInversion", "Supervised"]

@@ -96,6 +96,17 @@ class DFKDMethod(abc.ABC):
         """A JSON-able record of the method and its settings (config.json, MLflow tags)."""
         return {"name": type(self).__name__.lower()}
 
+    def _kd_terms(self, x: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+        """The student loss shared by the KD-based methods: ``kd_loss(student(x), teacher(x), T)``."""
+        from repro import losses
+
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        student_logits = self.student(x)
+        loss = losses.kd_loss(student_logits, teacher_logits, temperature)
+        agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
+        return {"loss": loss, "kd": loss.detach(), "teacher_agreement": agreement}
+
     def _teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher logits ``[B, K]`` and penultimate features ``[B, D]`` (gradients flow to ``x``)."""
         assert self.teacher is not None, "this method needs a teacher"

@@ -75,12 +75,7 @@ class DAFL(DFKDMethod):
         return Batch(self._generate(batch_size))
 
     def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            teacher_logits = self.teacher(batch.x)
-        student_logits = self.student(batch.x)
-        loss = losses.kd_loss(student_logits, teacher_logits, self.temperature)
-        agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
-        return {"loss": loss, "kd": loss.detach(), "teacher_agreement": agreement}
+        return self._kd_terms(batch.x, self.temperature)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.state_dict(), "generator_optimizer": self.generator_optim.state_dict()}
