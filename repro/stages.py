@@ -45,7 +45,9 @@ def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
 def _tracked(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> Iterator[NullTracker]:
     """One MLflow run around a stage: FAILED if the stage raises, else FINISHED with the operative
     bindings as params. The parsed config is logged first, so a run that dies still shows its input."""
-    tracker = open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()}}, track)
+    # Tags (git calls included) are only worked out when there is a run to carry them.
+    tracker = (open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()}})
+               if track else NullTracker())
     tracker.log_text(gin.config_str(), "parsed_config.gin")
     try:
         yield tracker

@@ -101,10 +101,8 @@ class _GuardedTracker(NullTracker):
     def finish(self, failed: bool = False) -> None: self._call("finish", failed)
 
 
-def open_tracker(run_name: str, tags: Mapping[str, str], enabled: bool = True) -> NullTracker:
+def open_tracker(run_name: str, tags: Mapping[str, str]) -> NullTracker:
     """An MLflow tracker for a stage run, or a null one (with a note) if the store cannot be opened."""
-    if not enabled:
-        return NullTracker()
     uri = default_tracking_uri()
     try:
         return _GuardedTracker(MlflowTracker(run_name, tags, uri))

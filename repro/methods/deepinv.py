@@ -102,8 +102,7 @@ class DeepInversion(DFKDMethod):
                 images.copy_(torch.maximum(torch.minimum(images, self.upper), self.lower))
             terms["synthesis_loss"] = loss
         self.bn.active = False
-        self.student.train(was_training)
-        self.student.zero_grad(set_to_none=True)  # the adversarial term must not leak into the student's step
+        self.student.train(was_training)  # gradients left on the student are cleared by the Trainer's zero_grad
         self.pool = torch.cat([self.pool, images.detach()])[-self.pool_size:]
         return {f"synthesis/{name}": value.detach() for name, value in terms.items()}
 
