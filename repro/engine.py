@@ -119,7 +119,8 @@ class Trainer:
         """
         tracker = tracker or NullTracker()
         model = method.setup(teacher, student.to(self.device), spec, self.device).to(self.device)
-        optimizer = build_optimizer(self.make_optimizer, (p for p in model.parameters() if p.requires_grad), "student")
+        trained = [p for p in model.parameters() if p.requires_grad] + list(method.trainable_parameters())
+        optimizer = build_optimizer(self.make_optimizer, trained, "student")
         scheduler = build_scheduler(self.make_scheduler, optimizer, "student") if self.make_scheduler else None
         start_epoch = self._resume(checkpoint_path, fingerprint, model, optimizer, scheduler, method)
         rounds = self.steps_per_epoch // self.student_steps_per_round

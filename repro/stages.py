@@ -120,6 +120,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
         trained = trainer.fit(method, model, spec, teacher, monitor_data=monitor, checkpoint_path=ckpt,
                               fingerprint=fingerprint("distill", gin.config_str(), teacher_config["files"]["model.safetensors"]),
                               tracker=tracker, label=f"distill {described['name']} seed {seed}")
+        described = method.describe()  # after setup: now includes what it loaded (e.g. the pool's record)
         config = {"role": "student", "architecture": student.to_dict(), "data": spec.to_dict(),
                   "dataset": teacher_config.get("dataset", {}), "method": described, "seed": seed,
                   "teacher": {"path": str(teacher_dir), "architecture": teacher_config["architecture"],

@@ -55,17 +55,54 @@ def test_cifar_shaped_folder_loads_with_fakedata(tmp_path: Path) -> None:
     assert image.shape == (3, 32, 32)
 
 
-def test_distill_stage_opens_no_real_data(teacher_dir: Path, tmp_path: Path, monkeypatch) -> None:
+METHODS = sorted(path.stem for path in (REPO / "gin/methods").glob("*.gin"))
+SAMPLING = {"mosaickd", "dfnd"}  # read their unlabeled pool: on digits, the held-out split only
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_distill_reads_no_real_data_but_the_pool(method: str, teacher_dir: Path, tmp_path: Path, monkeypatch) -> None:
     opened: list[str] = []
+    original = RealDataset.split
 
-    def refuse(self, name, augment=False):
+    def guarded(self, name, augment=False):
         opened.append(name)
-        raise AssertionError(f"data-free stage opened real split {name!r}")
+        if method not in SAMPLING or name != "heldout":
+            raise AssertionError(f"{method} opened real split {name!r}")
+        return original(self, name, augment)
 
-    monkeypatch.setattr(RealDataset, "split", refuse)
-    import sklearn.datasets
+    monkeypatch.setattr(RealDataset, "split", guarded)
+    if method not in SAMPLING:  # a synthesising method does not even load the digits bundle
+        import sklearn.datasets
 
-    monkeypatch.setattr(sklearn.datasets, "load_digits", lambda *a, **k: refuse(None, "load_digits"))
-    config.parse([REPO / "gin/experiments/digits.gin", REPO / "gin/methods/dafl.gin", REPO / "gin/profiles/smoke.gin"])
+        monkeypatch.setattr(sklearn.datasets, "load_digits", lambda *a, **k: guarded(None, "load_digits"))
+    config.parse([REPO / "gin/experiments/digits.gin", REPO / f"gin/methods/{method}.gin", REPO / "gin/profiles/smoke.gin"],
+                 ["DISTILL_EPOCHS = 1", "distill.substitution_sample_size = 64"])
     out = stages.distill(teacher_dir, tmp_path / "student", tmp_path / "ckpt", track=False)
-    assert (out / "model.safetensors").exists() and opened == []
+    assert (out / "model.safetensors").exists()
+    assert opened == (["heldout"] if method in SAMPLING else [])
+
+
+def test_shifted_digits_pool_has_the_skew_and_degradation_asked_for() -> None:
+    from repro.pools import ShiftedDigits, class_weights
+
+    spec = Digits().spec
+    clean = ShiftedDigits(dataset=Digits(), count=4000, skew=0.0, degradation=0.0).images(spec)
+    skewed_pool = ShiftedDigits(dataset=Digits(), count=4000, skew=3.0, degradation=1.0)
+    skewed = skewed_pool.images(spec)
+    proportions = torch.tensor(skewed_pool.proportions)
+    assert torch.allclose(proportions, class_weights(10, 3.0), atol=0.02)  # digit 0 ~20x digit 9
+    assert proportions[0] / proportions[9] > 10
+    assert clean.shape == skewed.shape == (4000, 1, 8, 8) and 0 <= float(skewed.min()) and float(skewed.max()) <= 1
+    # Degradation: less contrast (values pulled to mid-grey) and less sharp edges.
+    assert float(skewed.std()) < 0.8 * float(clean.std())
+
+
+def test_photo_patches_are_not_digits() -> None:
+    from repro.pools import PhotoPatches
+
+    spec = Digits().spec
+    patches = PhotoPatches(count=64).images(spec)
+    digits = Digits().split("train").tensors[0][:64] * spec.std[0] + spec.mean[0]
+    assert patches.shape == (64, 1, 8, 8)
+    # Digits have a black background (most pixels ~0); photo patches rarely do.
+    assert float((digits < 0.05).float().mean()) > 0.4 > float((patches < 0.05).float().mean())

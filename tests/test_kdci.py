@@ -14,7 +14,7 @@ from repro.kdci.dictionary import ConfounderDictionary, build_dictionary, kmeans
 from repro.kdci.intervention import AdditiveAttention, DotProductAttention, UniformAttention, nwgm_expectation
 from repro.kdci.method import KDCI
 from repro.kdci.model import DeconfoundedStudent
-from repro.methods.dafl import DAFL
+from repro.methods.generative import GenerativeDFKD
 from repro.architecture import NetSpec
 
 SPEC = DataSpec(name="digits", num_classes=10, channels=1, image_size=8, mean=(0.3,), std=(0.37,))
@@ -95,7 +95,7 @@ def _trained_kdci_student(teacher_dir: Path) -> tuple[KDCI, torch.nn.Module, dic
     from repro.engine import Trainer
 
     teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
-    base = DAFL(generator=NetSpec("dcgan_generator", {"latent_dim": 16, "base_channels": 8}),
+    base = GenerativeDFKD(generator=NetSpec("dcgan_generator", {"latent_dim": 16, "base_channels": 8}),
                 generator_optimizer=torch.optim.Adam, synthesis_batch_size=32)
     method = KDCI(base=base, num_prototypes=5, pca_dim=6, dictionary_samples=200, warmup_epochs=1)
     trainer = Trainer(epochs=2, steps_per_epoch=3, batch_size=32, optimizer=lambda params: torch.optim.SGD(params, lr=0.05), device="cpu")

@@ -10,7 +10,7 @@ from repro.nets import registry as registry_mod
 
 torch.set_num_threads(2)
 
-GENERATORS = {"dcgan_generator"}
+GENERATORS = {"dcgan_generator", "patch_discriminator"}  # not classifiers
 CLASSIFIERS = [n for n in list_networks() if n not in GENERATORS]
 # Natural input shape (C, H, W) per family.
 DIGITS_SHAPE = (1, 8, 8)
@@ -162,3 +162,10 @@ def test_generator_bad_image_size(bad: int) -> None:
     with pytest.raises(ValueError) as exc:
         create("dcgan_generator", image_size=bad)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("downsamplings,size", [(1, 8), (2, 32)])
+def test_patch_discriminator_scores_patches(downsamplings: int, size: int) -> None:
+    disc = create("patch_discriminator", in_channels=3, base_channels=8, downsamplings=downsamplings)
+    out = disc(torch.rand(2, 3, size, size))
+    assert out.shape == (2, 1, size // 2**downsamplings, size // 2**downsamplings)

@@ -111,7 +111,7 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
         else:
             assert "test/top1" in run.data.metrics
     baseline = next(run for run in runs if run.data.tags.get("kdci") == "false")
-    assert baseline.data.params["BASE_METHOD/DAFL.entropy_weight"] == "20.0"
+    assert baseline.data.params["BASE_METHOD/GenerativeDFKD.entropy_weight"] == "20.0"
     assert kdci_runs[0].data.params["KDCI.num_prototypes"] == "16"
 
 

@@ -126,6 +126,9 @@ class KDCI(DFKDMethod):
     def synthesize(self) -> dict[str, torch.Tensor]:
         return self.base.synthesize()
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.base.trainable_parameters()
+
     def sample(self, batch_size: int) -> Batch:
         return self.base.sample(batch_size)
 

@@ -77,6 +77,11 @@ class DFKDMethod(abc.ABC):
     def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The student's loss on ``batch``: a dict with ``"loss"`` (to minimise) and named terms."""
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the Trainer optimises with the student although they are not deployed (e.g.
+        DFND's label-noise adaptation matrix). Their values belong in :meth:`state_dict`."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the student needed to resume bit-identically (generators, optimisers)."""
         return {}

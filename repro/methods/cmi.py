@@ -1,0 +1,158 @@
+"""CMI: Contrastive Model Inversion (Fang et al., IJCAI 2021).
+
+Each round a generator is re-initialised and optimised (with its latent codes) for a few hundred
+steps so that its images match the teacher's BN statistics, are classified as random target
+classes, are hard for the student (masked adversarial term), and are *distinguishable from every
+image synthesised before*: an InfoNCE loss over the teacher's per-layer instance features of a
+global and a local crop, with earlier batches' features in a memory bank as negatives
+(paper Eq. 6-8; facts from zju-vipa CMI, datafree/synthesis/contrastive.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gin
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.architecture import NetSpec
+from repro.data import DataSpec
+from repro.errors import UserError
+from repro.methods.inversion import BNStatistics, PoolDistillation, keep_best, masked_adversarial, random_views
+
+
+def reset_generator(generator: nn.Module) -> None:
+    """DCGAN initialisation, applied at every round (CMI's ``reset_model``): N(0, 0.02) weights,
+    BN scales N(1, 0.02), zero biases."""
+    for module in generator.modules():
+        if isinstance(module, (nn.ConvTranspose2d, nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, 0.02)
+            nn.init.zeros_(module.bias)
+
+
+class _ProjectionHead(nn.Module):
+    """Two-layer MLP onto the unit sphere (CMI's ``MLPHead``), trained with the generator."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True), nn.Linear(dim_in, dim_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(x), dim=1)
+
+
+@gin.configurable
+class CMI(PoolDistillation):
+    """Defaults: zju-vipa CMI ``scripts/cmi/adv_cmi_cifar10_wrn402_wrn161.sh`` / Fast-Datafree
+    ``scripts/cmi_cifar.sh`` (--bn 1 --oh 1 --adv 0.5 --cr 0.8 --cr_T 0.2 --T 20 --lr_g 1e-3
+    --g_steps 200, bank 40960, 4096 negatives, head dim 128, global view = crop with 4/32 padding +
+    flip, local view = resized crop of area [0.25, 1] + flip)."""
+
+    def __init__(self, generator: NetSpec = gin.REQUIRED, synthesis_batch_size: int = 256,
+                 synthesis_steps: int = 200, generator_lr: float = 1e-3, bn_weight: float = 1.0,
+                 onehot_weight: float = 1.0, adversarial_weight: float = 0.5, contrastive_weight: float = 0.8,
+                 contrastive_temperature: float = 0.2, bank_size: int = 40960, negatives: int = 4096,
+                 head_dim: int = 128, global_shift: float = 0.125, local_scale: tuple[float, float] = (0.5, 1.0),
+                 flip: bool = True, temperature: float = 20.0, pool_size: int = 50_000) -> None:
+        if synthesis_steps <= 0 or synthesis_batch_size <= 0:
+            raise UserError("CMI.synthesis_steps and CMI.synthesis_batch_size must be positive")
+        if contrastive_temperature <= 0:
+            raise UserError(f"CMI.contrastive_temperature = {contrastive_temperature}: must be > 0")
+        self.generator_spec, self.synthesis_batch_size = generator, synthesis_batch_size
+        self.synthesis_steps, self.generator_lr = synthesis_steps, generator_lr
+        self.bn_weight, self.onehot_weight, self.adversarial_weight = bn_weight, onehot_weight, adversarial_weight
+        self.contrastive_weight, self.contrastive_temperature = contrastive_weight, contrastive_temperature
+        self.bank_size, self.negatives, self.head_dim = bank_size, negatives, head_dim
+        self.global_shift, self.local_scale, self.flip = global_shift, tuple(local_scale), flip
+        self.temperature, self.pool_size = temperature, pool_size
+
+    def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
+              device: torch.device) -> nn.Module:
+        trained = super().setup(teacher, student, spec, device)
+        self.bn = BNStatistics(teacher)
+        self.generator = self.generator_spec.build(image_size=spec.image_size, out_channels=spec.channels).to(device)
+        feature_dim = sum(layer.num_features for layer in self.bn.layers)
+        self.head = _ProjectionHead(feature_dim, self.head_dim).to(device)
+        self.head_optim = torch.optim.Adam(self.head.parameters(), lr=self.generator_lr)
+        # Memory bank of [local | global] instance features of earlier rounds' best images.
+        self.bank = torch.empty(0, 2 * feature_dim, device=device)
+        return trained
+
+    def _contrastive(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between each image's local and global crop; earlier images are negatives.
+
+        As the benchmark: the cross-entropy is averaged separately over the current batch and the
+        cached rows, so the bank's size does not dilute the generator's gradient."""
+        count = len(self.bank)
+        if count:
+            index = torch.randperm(count, device=self.bank.device)[: self.negatives]
+            cached_local, cached_global = self.bank[index].chunk(2, dim=1)
+            local, global_ = torch.cat([local, cached_local]), torch.cat([global_, cached_global])
+        projected = self.head(torch.cat([local, global_]))
+        proj_local, proj_global = projected.chunk(2)
+        logits = proj_local @ proj_global.detach().T / self.contrastive_temperature
+        per_row = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="none")
+        size = self.synthesis_batch_size
+        return per_row[:size].mean() + (per_row[size:].mean() if count else 0.0)
+
+    def make_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        size, spec = self.synthesis_batch_size, self.spec
+        reset_generator(self.generator)
+        self.generator.train()
+        z = torch.randn(size, self.generator.latent_dim, device=self.device, requires_grad=True)
+        targets = torch.randint(spec.num_classes, (size,), device=self.device)
+        optimizer = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}],
+                                     lr=self.generator_lr, betas=(0.5, 0.999))
+        best = None
+        terms: dict[str, torch.Tensor] = {}
+        self.bn.active = True
+        try:
+            for _ in range(self.synthesis_steps):
+                images = spec.normalize(self.generator(z))
+                global_view = random_views(images, shift=self.global_shift, flip=self.flip)
+                local_view = random_views(images, scale=self.local_scale, flip=self.flip)
+                teacher_logits = self.teacher(global_view)
+                terms = {"bn_statistics": self.bn.loss(), "onehot": F.cross_entropy(teacher_logits, targets)}
+                global_features = self.bn.instance_features()
+                self.teacher(local_view)
+                local_features = self.bn.instance_features()
+                self.bn.clear()  # the local view's BN statistics are not part of the inversion loss
+                terms["adversarial"] = (masked_adversarial(self.student(global_view), teacher_logits)
+                                        if self.adversarial_weight > 0 else torch.zeros((), device=self.device))
+                terms["contrastive"] = self._contrastive(local_features, global_features)
+                loss = (self.bn_weight * terms["bn_statistics"] + self.onehot_weight * terms["onehot"]
+                        + self.adversarial_weight * terms["adversarial"] + self.contrastive_weight * terms["contrastive"])
+                best = keep_best(best, loss, images, torch.cat([local_features, global_features], dim=1))
+                optimizer.zero_grad(set_to_none=True)
+                self.head_optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                self.head_optim.step()
+                terms["synthesis_loss"] = loss
+        finally:
+            self.bn.active = False
+        self.bank = torch.cat([self.bank, best[2]])[-self.bank_size:]
+        return best[1], terms
+
+    def state_dict(self) -> dict[str, Any]:
+        # The generator is re-initialised every round: only the head, its optimiser and the bank persist.
+        return {**super().state_dict(), "bank": self.bank, "head": self.head.state_dict(),
+                "head_optimizer": self.head_optim.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.bank = state["bank"].to(self.device)
+        self.head.load_state_dict(state["head"])
+        self.head_optim.load_state_dict(state["head_optimizer"])
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "cmi", "bn_weight": self.bn_weight, "onehot_weight": self.onehot_weight,
+                "adversarial_weight": self.adversarial_weight, "contrastive_weight": self.contrastive_weight,
+                "contrastive_temperature": self.contrastive_temperature, "synthesis_steps": self.synthesis_steps,
+                "temperature": self.temperature, "generator": self.generator_spec.to_dict()}

@@ -1,0 +1,151 @@
+"""The generative family: a generator trained against the frozen teacher, the student distilled on
+its fresh images every step. DAFL, ZSKT, DFAD and DFQ are the same maths with different weights
+and step counts, so they are gin presets of one class (gin/methods/{dafl,zskt,dfad,dfq}.gin).
+
+Generator loss (each term weighted, a zero weight switches it off):
+- one-hot: cross-entropy of the teacher against its own arg-max (DAFL Eq. 4; DFQ);
+- activation: ``-mean |f_T|`` of penultimate features (DAFL Eq. 5);
+- information entropy / balance: entropy of the batch-mean prediction, maximised (DAFL Eq. 6; DFQ);
+- BN statistics: match the teacher's BN running statistics (DFQ, Choi et al., CVPRW 2020);
+- adversarial: *maximise* the student-teacher discrepancy, KL at ``temperature`` (ZSKT, Micaelli &
+  Storkey, NeurIPS 2019; DFQ) or mean absolute logit difference (DFAD, Fang et al., 2019).
+Student loss: the same discrepancy, minimised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gin
+import torch
+from torch import nn
+
+from repro import losses
+from repro.architecture import NetSpec
+from repro.data import DataSpec
+from repro.errors import UserError
+from repro.methods.base import Batch, DFKDMethod
+from repro.methods.inversion import BNStatistics
+from repro.optim import build_optimizer
+
+DISCREPANCIES = ("kl", "l1")
+
+
+def discrepancy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    """Student-teacher discrepancy: ``kd_loss`` at ``temperature`` or DFAD's mean absolute error of logits."""
+    if kind == "l1":
+        return (student_logits - teacher_logits).abs().mean()
+    return losses.kd_loss(student_logits, teacher_logits, temperature)
+
+
+@gin.configurable
+class GenerativeDFKD(DFKDMethod):
+    """Generator + student trained in alternation (``generator_steps`` generator steps per round, the
+    Trainer's ``student_steps_per_round`` student steps). Defaults are DAFL's, from the zju-vipa CMI
+    benchmark (scripts/dafl: oh 1, act 0.001, balance 20, T 20, g_steps 1, lr_g 1e-3)."""
+
+    def __init__(
+        self,
+        generator: NetSpec = gin.REQUIRED,
+        generator_optimizer: Callable[..., torch.optim.Optimizer] = gin.REQUIRED,
+        name: str = "dafl",
+        synthesis_batch_size: int = 256,
+        generator_steps: int = 1,
+        onehot_weight: float = 1.0,
+        activation_weight: float = 0.001,
+        entropy_weight: float = 20.0,
+        bn_weight: float = 0.0,
+        adversarial_weight: float = 0.0,
+        discrepancy: str = "kl",
+        temperature: float = 20.0,
+    ) -> None:
+        if discrepancy not in DISCREPANCIES:
+            raise UserError(f"GenerativeDFKD.discrepancy = {discrepancy!r}: choose {', '.join(DISCREPANCIES)}")
+        if generator_steps <= 0 or synthesis_batch_size <= 0:
+            raise UserError("GenerativeDFKD.generator_steps and synthesis_batch_size must be positive")
+        self.generator_spec, self.make_optimizer, self.name = generator, generator_optimizer, name
+        self.synthesis_batch_size, self.generator_steps = synthesis_batch_size, generator_steps
+        self.onehot_weight, self.activation_weight = onehot_weight, activation_weight
+        self.entropy_weight, self.bn_weight, self.adversarial_weight = entropy_weight, bn_weight, adversarial_weight
+        self.discrepancy, self.temperature = discrepancy, temperature
+
+    def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
+              device: torch.device) -> nn.Module:
+        trained = super().setup(teacher, student, spec, device)
+        self.generator = self.generator_spec.build(image_size=spec.image_size, out_channels=spec.channels).to(device)
+        self.generator_optim = build_optimizer(self.make_optimizer, self.generator.parameters(), "generator")
+        self.bn = BNStatistics(teacher) if self.bn_weight > 0 else None
+        return trained
+
+    def _generate(self, batch_size: int) -> torch.Tensor:
+        z = torch.randn(batch_size, self.generator.latent_dim, device=self.device)
+        return self.spec.normalize(self.generator(z))
+
+    def synthesize(self) -> dict[str, torch.Tensor]:
+        self.generator.train()
+        was_training = self.student.training
+        self.student.eval()  # the adversarial term queries the student as deployed
+        terms: dict[str, torch.Tensor] = {}
+        zero = torch.zeros((), device=self.device)
+        try:
+            for _ in range(self.generator_steps):
+                images = self._generate(self.synthesis_batch_size)
+                if self.bn is not None:
+                    self.bn.active = True
+                logits, features = self._teacher_outputs(images)
+                if self.bn is not None:
+                    self.bn.active = False
+                terms = {
+                    "onehot": losses.onehot_loss(logits),
+                    "activation": losses.activation_loss(features),
+                    "information_entropy": losses.information_entropy_loss(logits),
+                    "bn_statistics": self.bn.loss() if self.bn is not None else zero,
+                    "adversarial": (-discrepancy(self.student(images), logits, self.discrepancy, self.temperature)
+                                    if self.adversarial_weight > 0 else zero),
+                }
+                loss = (self.onehot_weight * terms["onehot"] + self.activation_weight * terms["activation"]
+                        + self.entropy_weight * terms["information_entropy"] + self.bn_weight * terms["bn_statistics"]
+                        + self.adversarial_weight * terms["adversarial"])
+                self.generator_optim.zero_grad(set_to_none=True)
+                loss.backward()
+                self.generator_optim.step()
+                terms["generator_loss"] = loss
+        finally:
+            if self.bn is not None:
+                self.bn.active = False
+            self.student.train(was_training)  # gradients left on the student are cleared by the Trainer
+        return {f"synthesis/{name}": value.detach() for name, value in terms.items()}
+
+    @torch.no_grad()
+    def sample(self, batch_size: int) -> Batch:
+        return Batch(self._generate(batch_size))
+
+    def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.discrepancy == "kl":
+            return self._kd_terms(batch.x, self.temperature)
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch.x)
+        student_logits = self.student(batch.x)
+        loss = discrepancy(student_logits, teacher_logits, self.discrepancy, self.temperature)
+        agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
+        return {"loss": loss, self.discrepancy: loss.detach(), "teacher_agreement": agreement}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.state_dict(), "generator_optimizer": self.generator_optim.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.generator_optim.load_state_dict(state["generator_optimizer"])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "onehot_weight": self.onehot_weight,
+            "activation_weight": self.activation_weight,
+            "entropy_weight": self.entropy_weight,
+            "bn_weight": self.bn_weight,
+            "adversarial_weight": self.adversarial_weight,
+            "discrepancy": self.discrepancy,
+            "temperature": self.temperature,
+            "generator": self.generator_spec.to_dict(),
+        }

@@ -1,0 +1,40 @@
+"""Shared part of the sampling-based methods (MosaicKD, DFND): the unlabeled pool, loaded once
+through :mod:`repro.pools`, normalised with the teacher's convention and kept on the device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from repro.data import DataSpec
+from repro.errors import UserError
+from repro.methods.base import DFKDMethod
+from repro.pools import UnlabeledPool
+
+
+class PoolSampling(DFKDMethod):
+    """Loads ``self.unlabeled`` (an :class:`UnlabeledPool`) at setup into ``self.pool_images``."""
+
+    unlabeled: UnlabeledPool
+
+    def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
+              device: torch.device) -> nn.Module:
+        trained = super().setup(teacher, student, spec, device)
+        images = self.unlabeled.images(spec)
+        if images.ndim != 4 or tuple(images.shape[1:]) != (spec.channels, spec.image_size, spec.image_size):
+            raise UserError(f"the unlabeled pool gave images of shape {tuple(images.shape)}, the teacher expects "
+                            f"[N, {spec.channels}, {spec.image_size}, {spec.image_size}]: fix the pool's settings")
+        if len(images) == 0:
+            raise UserError("the unlabeled pool is empty: point it at a folder or split with images")
+        self.pool_images = spec.normalize(images).to(device)
+        return trained
+
+    def draw_pool(self, count: int) -> torch.Tensor:
+        index = torch.randint(len(self.pool_images), (count,), device=self.pool_images.device)
+        return self.pool_images[index]
+
+    def pool_record(self) -> dict[str, Any]:
+        loaded = getattr(self, "pool_images", None)  # describe() may run before setup
+        return {"pool": self.unlabeled.describe(), **({"pool_size": len(loaded)} if loaded is not None else {})}
