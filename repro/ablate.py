@@ -13,28 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import gin
-import yaml
-
 from repro import config, stages
 from repro.errors import UserError
 from repro.report import paired_interval
+from repro.runset import read_params
 
 
 @gin.configurable
 def ablation_variants(variants: dict[str, list[str]] = gin.REQUIRED) -> dict[str, list[str]]:
     """``{variant name: [gin binding, ...]}`` applied on top of full KDCI."""
     return variants
-
-
-def _read_params(path: Path) -> dict[str, Any]:
-    try:
-        params = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read {path} ({exc}): fix params.yaml") from None
-    for key in ("experiment", "profile", "methods", "seeds"):
-        if key not in params:
-            raise UserError(f"{path} has no {key!r}: add it (see README, Profiles and parameters)")
-    return params
 
 
 def _top1(path: Path) -> float | None:
@@ -44,7 +32,7 @@ def _top1(path: Path) -> float | None:
 def run_ablations(params_path: Path, teacher_dir: Path, metrics_dir: Path, out: Path, gin_root: Path = Path("gin"),
                   work_dir: Path = Path("models/ablations"), track: bool = True) -> str:
     """Run every variant (when ``ablate`` is true in params.yaml) and write the markdown table."""
-    params = _read_params(params_path)
+    params = read_params(params_path, gin_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not params.get("ablate", False):
         text = ("# Ablations\n\nAblations are off (the default). Run them with `dvc exp run -S ablate=true`: "

@@ -50,9 +50,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     _configured(args)
     from repro import stages
 
+    pairs = list(zip(args.model, args.metrics))
+    if args.params:  # every baseline and KDCI student params.yaml asks for
+        from repro.runset import read_params, runs
+
+        for run in runs(read_params(Path(args.params))):
+            pairs += [(run.baseline_dir, run.baseline_metrics), (run.kdci_dir, run.kdci_metrics)]
     if len(args.model) != len(args.metrics):
         raise UserError(f"{len(args.model)} --model but {len(args.metrics)} --metrics: give one metrics file per model")
-    for model, metrics in zip(args.model, args.metrics):
+    if not pairs:
+        raise UserError("nothing to evaluate: give --model DIR --metrics FILE pairs or --params params.yaml")
+    for model, metrics in pairs:
         stages.evaluate(Path(model), Path(metrics), not args.no_track)
 
 
@@ -70,10 +78,22 @@ def _ablate(args: argparse.Namespace) -> None:
                          track=not args.no_track)
 
 
+def _shift_sweep(args: argparse.Namespace) -> None:
+    import repro.configurables  # noqa: F401
+    from repro import shift_sweep
+
+    shift_sweep.run_sweep(Path(args.params), Path(args.teacher), Path(args.out), track=not args.no_track)
+
+
 def _bench(args: argparse.Namespace) -> None:
-    _configured(args)
     from repro import bench
 
+    if args.params:  # every method of params.yaml, one table
+        import repro.configurables  # noqa: F401
+
+        print(bench.format_table(bench.bench_methods(Path(args.params), args.bind)))
+        return
+    _configured(args)
     print(bench.format_result(bench.bench_kdci_overhead()))
 
 
@@ -81,7 +101,12 @@ def _diagnose(args: argparse.Namespace) -> None:
     _configured(args)
     from repro import diagnose
 
-    models = sorted({path.parent for root in args.models for path in Path(root).rglob(diagnose.SAMPLE_FILE)})
+    if args.params:  # exactly the students params.yaml lists (stale folders are ignored)
+        from repro.runset import read_params, runs
+
+        models = [folder for run in runs(read_params(Path(args.params))) for folder in (run.baseline_dir, run.kdci_dir)]
+    else:
+        models = sorted({path.parent for root in args.models for path in Path(root).rglob(diagnose.SAMPLE_FILE)})
     if not models:
         raise UserError(f"no {diagnose.SAMPLE_FILE} under {', '.join(args.models)}: run the distillation stages first")
     diagnose.diagnose(Path(args.teacher), models, Path(args.out))
@@ -120,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("evaluate", help="accuracy of an artefact on the real test split")
     _gin_args(evaluate)
-    evaluate.add_argument("--model", required=True, action="append", help="artefact folder (repeatable)")
-    evaluate.add_argument("--metrics", required=True, action="append", help="metrics JSON to write, one per --model")
+    evaluate.add_argument("--model", default=[], action="append", help="artefact folder (repeatable)")
+    evaluate.add_argument("--metrics", default=[], action="append", help="metrics JSON to write, one per --model")
+    evaluate.add_argument("--params", default=None, help="evaluate every student params.yaml lists "
+                          "(models/{students,kdci}/<method>/seed<s> -> metrics/{students,kdci}/<method>-seed<s>.json)")
     evaluate.set_defaults(run=_evaluate)
 
     report = verbs.add_parser("report", help="results table from the metrics JSON files")
@@ -138,8 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
     ablate.set_defaults(run=_ablate)
 
-    bench = verbs.add_parser("bench", help="time per student step of a baseline vs the same baseline + KDCI")
+    sweep = verbs.add_parser("shift-sweep", help="sampling-based methods +- KDCI against a controlled pool shift "
+                             "(when params.yaml says shift_sweep: true)")
+    sweep.add_argument("--params", default="params.yaml", help="params file: experiment, profile, seeds, shift_sweep")
+    sweep.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
+    sweep.add_argument("--out", default="reports/shift_sweep", help="output folder")
+    sweep.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
+    sweep.set_defaults(run=_shift_sweep)
+
+    bench = verbs.add_parser("bench", help="per method: synthesis round, student step, and the same step + KDCI")
     _gin_args(bench, tracked=False)
+    bench.add_argument("--params", default=None, help="bench every method of params.yaml (experiment and profile "
+                       "from it; --bind still applies) instead of the --gin files")
     bench.set_defaults(run=_bench)
 
     diag = verbs.add_parser("diagnose", help="class-proportion shift and Frechet distance of substitution data")
@@ -147,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
     diag.add_argument("--models", nargs="+", default=["models/students", "models/kdci"],
                       help="folders searched for student artefacts with a substitution sample")
+    diag.add_argument("--params", default=None, help="diagnose exactly the students params.yaml lists (instead of --models)")
     diag.add_argument("--out", default="reports/diagnostics", help="output folder")
     diag.set_defaults(run=_diagnose)
 

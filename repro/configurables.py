@@ -13,7 +13,7 @@ with warnings.catch_warnings():
     import gin.torch.external_configurables  # noqa: F401  (registers torch.optim and lr_scheduler)
 
 from repro import architecture, data, engine, methods, pools, stages  # noqa: E402,F401
-from repro import ablate, bench, diagnose  # noqa: E402,F401
+from repro import ablate, bench, diagnose, shift_sweep  # noqa: E402,F401
 from repro.kdci import method as kdci_method  # noqa: E402,F401
 
-__all__ = ["architecture", "data", "engine", "methods", "pools", "stages", "kdci_method", "ablate", "bench", "diagnose"]
+__all__ = ["architecture", "data", "engine", "methods", "pools", "stages", "kdci_method", "ablate", "bench", "diagnose", "shift_sweep"]

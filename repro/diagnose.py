@@ -66,6 +66,40 @@ def proportions(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.bincount(labels, minlength=num_classes).double() / max(len(labels), 1)
 
 
+def real_reference(teacher: torch.nn.Module, dataset: RealDataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's features [N, D] of the real test split and the split's class proportions [K]."""
+    features, labels = [], []
+    for images, targets in DataLoader(dataset.split("test"), batch_size=batch_size):
+        features.append(teacher_view(teacher, images)[0])
+        labels.append(targets)
+    return torch.cat(features), proportions(torch.cat(labels), dataset.spec.num_classes)
+
+
+@gin.configurable(denylist=["teacher"])
+def test_reference(teacher: torch.nn.Module, dataset: RealDataset = gin.REQUIRED) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`real_reference` of the configured dataset (``test_reference.dataset = %DATASET``)."""
+    return real_reference(teacher, dataset)
+
+
+def shift_row(model_dir: Path, real_features: torch.Tensor, real_share: torch.Tensor) -> dict[str, Any]:
+    """Shift score (TV of class proportions) and Frechet distance of one student's substitution sample."""
+    from safetensors.torch import load_file
+
+    path = model_dir / SAMPLE_FILE
+    if not path.exists():
+        raise UserError(f"{path} is missing: re-run the distillation stage that wrote {model_dir}")
+    sample = load_file(str(path))
+    config = checkpoint.read_config(model_dir)
+    share = proportions(sample["predictions"].long(), len(real_share))
+    return {
+        "model": str(model_dir), "method": config["method"]["name"], "seed": config.get("seed"),
+        "samples": int(len(sample["predictions"])),
+        "class_proportions": [round(float(v), 5) for v in share],
+        "shift_score_tv": float(0.5 * (share - real_share).abs().sum()),
+        "frechet_distance": frechet_distance(sample["features"], real_features),
+    }
+
+
 @gin.configurable(denylist=["teacher_dir", "model_dirs", "out_dir"])
 def diagnose(teacher_dir: Path, model_dirs: list[Path], out_dir: Path, *,
              dataset: RealDataset = gin.REQUIRED, batch_size: int = 512) -> dict[str, Any]:
@@ -75,29 +109,8 @@ def diagnose(teacher_dir: Path, model_dirs: list[Path], out_dir: Path, *,
     if spec.name != teacher_config["data"]["name"]:
         raise UserError(f"the teacher was trained on {teacher_config['data']['name']} but the dataset is {spec.name}: "
                         "diagnose with the same experiment gin")
-    features, labels = [], []
-    for images, targets in DataLoader(dataset.split("test"), batch_size=batch_size):
-        features.append(teacher_view(teacher, images)[0])
-        labels.append(targets)
-    real_features, real_labels = torch.cat(features), torch.cat(labels)
-    real_share = proportions(real_labels, spec.num_classes)
-    rows = []
-    for model_dir in model_dirs:
-        path = Path(model_dir) / SAMPLE_FILE
-        if not path.exists():
-            raise UserError(f"{path} is missing: re-run the distillation stage that wrote {model_dir}")
-        from safetensors.torch import load_file
-
-        sample = load_file(str(path))
-        config = checkpoint.read_config(Path(model_dir))
-        share = proportions(sample["predictions"].long(), spec.num_classes)
-        rows.append({
-            "model": str(model_dir), "method": config["method"]["name"], "seed": config.get("seed"),
-            "samples": int(len(sample["predictions"])),
-            "class_proportions": [round(float(v), 5) for v in share],
-            "shift_score_tv": float(0.5 * (share - real_share).abs().sum()),
-            "frechet_distance": frechet_distance(sample["features"], real_features),
-        })
+    real_features, real_share = real_reference(teacher, dataset, batch_size)
+    rows = [shift_row(Path(model_dir), real_features, real_share) for model_dir in model_dirs]
     result = {"teacher": str(teacher_dir), "test_class_proportions": [round(float(v), 5) for v in real_share],
               "real_vs_real_frechet_floor": _split_half_floor(real_features), "rows": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +134,17 @@ def render(result: dict[str, Any]) -> str:
              "(teacher predictions) and of the real test split (labels); 0 = identical, 1 = disjoint. Frechet "
              "distance between teacher penultimate features of substitution and real test data "
              f"(two halves of the real test split give {result['real_vs_real_frechet_floor']:.3f}).", "",
-             "| method | seed | samples | shift score (TV) | Frechet distance |", "|---|---|---|---|---|"]
+             "| method | seeds | shift score (TV), mean ± std | Frechet distance, mean ± std |", "|---|---|---|---|"]
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for row in result["rows"]:
+        by_method.setdefault(row["method"], []).append(row)
+    for method, rows in by_method.items():
+        tv = np.array([r["shift_score_tv"] for r in rows])
+        fd = np.array([r["frechet_distance"] for r in rows])
+        lines.append(f"| {method} | {len(rows)} | {tv.mean():.3f} ± {tv.std(ddof=1) if len(tv) > 1 else 0:.3f} | "
+                     f"{fd.mean():.3f} ± {fd.std(ddof=1) if len(fd) > 1 else 0:.3f} |")
+    lines += ["", "Per student:", "", "| method | seed | samples | shift score (TV) | Frechet distance |",
+              "|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['method']} | {row['seed']} | {row['samples']} | {row['shift_score_tv']:.3f} | "
                      f"{row['frechet_distance']:.3f} |")
@@ -135,7 +158,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods: dict[str, list[list[float]]] = {}
-    for row in result["rows"]:
+    # KDCI students sample their baseline's data (paired seeds): plot the baselines when there are any.
+    baselines = [row for row in result["rows"] if not row["method"].endswith("+kdci")] or result["rows"]
+    for row in baselines:
         methods.setdefault(row["method"], []).append(row["class_proportions"])
     classes = len(result["test_class_proportions"])
     figure, axis = plt.subplots(figsize=(max(5.0, 0.5 * classes + 2), 3.2))

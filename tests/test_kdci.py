@@ -153,3 +153,5 @@ def test_bench_measures_both_students_and_dictionary_builds() -> None:
     assert result["overhead_percent"] == pytest.approx(100 * (result["kdci_step_ms"] / result["baseline_step_ms"] - 1))
     assert set(result["dictionary_build_seconds"]) == {500}
     assert "overhead" in bench.format_result(result)
+    assert result["method"] == "dafl" and result["synthesis_round_ms"] > 0
+    assert "| dafl |" in bench.format_table([result])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,6 +29,8 @@ def _clone_work_tree(target: Path) -> None:
     shutil.rmtree(target / "reports", ignore_errors=True)
     params = (target / "params.yaml").read_text()
     params = params.replace("profile: default", "profile: smoke").replace("seeds: [0, 1, 2]", "seeds: [0, 1]")
+    # One generation-based and one sampling-based method keep the test fast and cover both families.
+    params = re.sub(r"^methods: .*$", "methods: [dafl, dfnd]", params, flags=re.M)
     (target / "params.yaml").write_text(params)
     identity = ["-c", "user.name=kdci-repro tests", "-c", "user.email=tests@kdci-repro.invalid"]
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *identity, "commit", "-qm", "snapshot"]):
@@ -47,19 +50,23 @@ def smoke_project(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
     project, result = smoke_project
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in ("teacher", "distill@dafl-0", "distill@dafl-1", "kdci@dafl-0", "kdci@dafl-1",
-                  "evaluate@dafl-0", "evaluate@dafl-1", "diagnose", "report", "ablate"):
+    cells = [f"{m}-{s}" for m in ("dafl", "dfnd") for s in (0, 1)]
+    for stage in ("teacher", *[f"distill@{c}" for c in cells], *[f"kdci@{c}" for c in cells], "evaluate", "diagnose",
+                  "report", "ablate", "shift-sweep"):
         assert f"Running stage '{stage}'" in result.stdout
     assert "results: reports/results.md" in result.stdout
-    artefacts = ["models/teacher"] + [f"models/{family}/dafl/seed{seed}" for family in ("students", "kdci") for seed in (0, 1)]
+    artefacts = ["models/teacher"] + [f"models/{family}/{method}/seed{seed}" for family in ("students", "kdci")
+                                      for method in ("dafl", "dfnd") for seed in (0, 1)]
     for artefact in artefacts:
         for name in ("config.json", "model.safetensors", "operative_config.gin"):
             assert (project / artefact / name).is_file(), f"{artefact}/{name}"
     assert (project / "models/kdci/dafl/seed0/confounder_dictionary.safetensors").is_file()
+    assert (project / "models/kdci/dfnd/seed1/confounder_dictionary.safetensors").is_file()
+    assert "Shift sweep" in (project / "reports/shift_sweep/shift_sweep.md").read_text()
     assert (project / "reports/results.png").stat().st_size > 1000
     assert "Ablations are off" in (project / "reports/ablations.md").read_text()
     diagnostics = json.loads((project / "reports/diagnostics/diagnostics.json").read_text())
-    assert len(diagnostics["rows"]) == 4 and all(0 <= row["shift_score_tv"] <= 1 for row in diagnostics["rows"])
+    assert len(diagnostics["rows"]) == 8 and all(0 <= row["shift_score_tv"] <= 1 for row in diagnostics["rows"])
     assert "Substitution-data shift" in (project / "reports/results.md").read_text()
     assert not (project / "checkpoints" / "models").exists() or not any((project / "checkpoints").rglob("*.pt"))
 
@@ -69,7 +76,8 @@ def test_report_is_built_from_the_metrics_files(smoke_project) -> None:
     results = json.loads((project / "reports/results.json").read_text())
     teacher = json.loads((project / "metrics/teacher.json").read_text())
     assert results["teacher_top1"] == teacher["top1"]
-    (row,) = results["rows"]
+    row = next(row for row in results["rows"] if row["method"] == "dafl")
+    assert sorted(r["method"] for r in results["rows"]) == ["dafl", "dfnd"]
 
     def top1(family: str, key: str = "top1") -> list[float]:
         return [json.loads((project / f"metrics/{family}/dafl-seed{seed}.json").read_text())[key] for seed in (0, 1)]
@@ -91,9 +99,10 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
     experiment = client.get_experiment_by_name("kdci-repro")
     runs = client.search_runs([experiment.experiment_id])
     stages = sorted(run.data.tags["stage"] for run in runs)
-    assert stages == ["distill"] * 4 + ["evaluate"] * 4 + ["teacher"]
+    assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["teacher"]
     kdci_runs = [run for run in runs if run.data.tags.get("kdci") == "true"]
-    assert sorted(run.data.tags["dvc_stage"] for run in kdci_runs) == ["kdci@dafl-0", "kdci@dafl-1"]
+    assert sorted(run.data.tags["dvc_stage"] for run in kdci_runs) == ["kdci@dafl-0", "kdci@dafl-1", "kdci@dfnd-0",
+                                                                        "kdci@dfnd-1"]
     for run in kdci_runs:
         assert "confounder_dictionary.safetensors" in {i.path for i in client.list_artifacts(run.info.run_id)}
         entropy = client.get_metric_history(run.info.run_id, "student/kdci/attention_entropy")
@@ -110,7 +119,7 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
             assert len(history) >= 2  # one point per epoch
         else:
             assert "test/top1" in run.data.metrics
-    baseline = next(run for run in runs if run.data.tags.get("kdci") == "false")
+    baseline = next(run for run in runs if run.data.tags.get("kdci") == "false" and run.data.tags["method"] == "dafl")
     assert baseline.data.params["BASE_METHOD/GenerativeDFKD.entropy_weight"] == "20.0"
     assert kdci_runs[0].data.params["KDCI.num_prototypes"] == "16"
 
@@ -161,7 +170,7 @@ def test_mlflow_server_lists_the_runs_over_rest(smoke_project) -> None:
         experiment = next(e for e in experiments if e["name"] == "kdci-repro")
         runs = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         stages = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "stage") for run in runs)
-        assert stages == ["distill"] * 4 + ["evaluate"] * 4 + ["teacher"]
+        assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["teacher"]
         with urllib.request.urlopen(base + "/", timeout=20) as response:
             assert response.status == 200 and b"<html" in response.read().lower()
     finally:

@@ -1,0 +1,64 @@
+"""The set of runs ``params.yaml`` asks for: which experiment, profile, methods and seeds, and where
+each run's artefact and metrics live. Stages that work on "every student" (evaluate, diagnose,
+ablate, shift-sweep) read it here, so a seed dropped from params.yaml is not picked up from a stale
+folder, and a misspelt method or profile fails before any work with a one-line error."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from repro.errors import UserError
+
+REQUIRED = ("experiment", "profile", "methods", "seeds")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One (method, seed) cell: its baseline and KDCI artefacts and metrics files."""
+
+    method: str
+    seed: int
+    baseline_dir: Path
+    kdci_dir: Path
+    baseline_metrics: Path
+    kdci_metrics: Path
+
+
+def _available(folder: Path) -> str:
+    return ", ".join(sorted(p.stem for p in folder.glob("*.gin"))) or "nothing"
+
+
+def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
+    """Load and validate params.yaml: every named experiment, profile and method must have its gin file."""
+    try:
+        params = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}): fix params.yaml") from None
+    if not isinstance(params, dict):
+        raise UserError(f"{path} is not a mapping of parameters: see README, Profiles and parameters")
+    for key in REQUIRED:
+        if key not in params:
+            raise UserError(f"{path} has no {key!r}: add it (see README, Profiles and parameters)")
+    if not isinstance(params["methods"], list) or not params["methods"]:
+        raise UserError(f"{path}: methods must be a non-empty list, e.g. [dafl, deepinv]")
+    if not isinstance(params["seeds"], list) or not all(isinstance(s, int) for s in params["seeds"]):
+        raise UserError(f"{path}: seeds must be a list of integers, e.g. [0, 1, 2]")
+    checks = [("experiment", gin_root / "experiments", [params["experiment"]]),
+              ("profile", gin_root / "profiles", [params["profile"]]),
+              ("methods", gin_root / "methods", params["methods"])]
+    for key, folder, names in checks:
+        for name in names:
+            if not (folder / f"{name}.gin").is_file():
+                raise UserError(f"{path}: {key} {name!r} has no {folder}/{name}.gin; available: {_available(folder)}")
+    return params
+
+
+def runs(params: dict[str, Any], models: Path = Path("models"), metrics: Path = Path("metrics")) -> Iterator[Run]:
+    for method in params["methods"]:
+        for seed in params["seeds"]:
+            yield Run(method, int(seed), models / "students" / method / f"seed{seed}", models / "kdci" / method / f"seed{seed}",
+                      metrics / "students" / f"{method}-seed{seed}.json", metrics / "kdci" / f"{method}-seed{seed}.json")
