@@ -51,6 +51,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     from repro import stages
 
     pairs = list(zip(args.model, args.metrics))
+    for reference in args.from_hub:  # pull (verified), evaluate, and compare with the card's number
+        from repro import hub
+
+        folder = hub.pull(reference, Path(args.hub_dir))
+        measured = stages.evaluate(folder, folder.parent / f"{folder.name}.evaluated.json", not args.no_track)
+        card = hub.card_metrics(folder)["top1"]
+        verdict = "matches" if abs(measured["top1"] - card) < 1e-6 else "DIFFERS from"
+        print(f"{reference}: measured top-1 {measured['top1']:.2f}% {verdict} the card's {card:.2f}%")
     if args.params:  # every baseline and KDCI student params.yaml asks for
         from repro.runset import read_params, runs
 
@@ -58,10 +66,45 @@ def _evaluate(args: argparse.Namespace) -> None:
             pairs += [(run.baseline_dir, run.baseline_metrics), (run.kdci_dir, run.kdci_metrics)]
     if len(args.model) != len(args.metrics):
         raise UserError(f"{len(args.model)} --model but {len(args.metrics)} --metrics: give one metrics file per model")
-    if not pairs:
-        raise UserError("nothing to evaluate: give --model DIR --metrics FILE pairs or --params params.yaml")
+    if not pairs and not args.from_hub:
+        raise UserError("nothing to evaluate: give --model DIR --metrics FILE pairs, --params params.yaml or --from-hub ORG/NAME")
     for model, metrics in pairs:
         stages.evaluate(Path(model), Path(metrics), not args.no_track)
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from repro import hub
+
+    if args.model:
+        targets = [(Path(args.model), args.repo_id)]
+    else:
+        from repro.runset import read_params, runs
+
+        hub.split_reference(args.repo_id)
+        targets = [(Path("models/teacher"), f"{args.repo_id}-teacher")]
+        for run in runs(read_params(Path(args.params))):
+            targets += [(run.baseline_dir, f"{args.repo_id}-{run.method}-seed{run.seed}"),
+                        (run.kdci_dir, f"{args.repo_id}-{run.method}-kdci-seed{run.seed}")]
+    for model_dir, repo_id in targets:
+        out = Path(args.out) / repo_id.replace("/", "--")
+        published = hub.publish(model_dir, repo_id, revision=args.revision, private=args.private,
+                                dry_run=args.dry_run, out_dir=out)
+        if not args.dry_run and not args.no_track:
+            from repro import tracking
+
+            tracking.tag_published(model_dir, published["repo_id"], published["revision"])
+
+
+def _pull(args: argparse.Namespace) -> None:
+    from repro import hub
+
+    hub.pull(args.reference, Path(args.out))
+
+
+def _registry(args: argparse.Namespace) -> None:
+    from repro import tracking
+
+    print(tracking.format_registry(tracking.list_registry()))
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -149,7 +192,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", default=[], action="append", help="metrics JSON to write, one per --model")
     evaluate.add_argument("--params", default=None, help="evaluate every student params.yaml lists "
                           "(models/{students,kdci}/<method>/seed<s> -> metrics/{students,kdci}/<method>-seed<s>.json)")
+    evaluate.add_argument("--from-hub", default=[], action="append", metavar="ORG/NAME[@REV]",
+                          help="pull a published model (verified) and evaluate it against its card (repeatable)")
+    evaluate.add_argument("--hub-dir", default="models/hub", help="where pulled models are placed")
     evaluate.set_defaults(run=_evaluate)
+
+    publish = verbs.add_parser("publish", help="publish artefacts to the Hugging Face Hub (one repository per model)")
+    publish.add_argument("--repo-id", required=True, metavar="ORG/NAME",
+                         help="with --model: that model's repository; without: a prefix, giving ORG/NAME-teacher, "
+                              "ORG/NAME-<method>-seed<k> and ORG/NAME-<method>-kdci-seed<k> for params.yaml's runs")
+    publish.add_argument("--model", default=None, help="one artefact folder to publish (default: every final model)")
+    publish.add_argument("--params", default="params.yaml", help="which runs are final (without --model)")
+    publish.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
+    publish.add_argument("--private", action="store_true", help="create private repositories")
+    publish.add_argument("--dry-run", action="store_true", help="write the repository folders and cards under "
+                         "--out without uploading")
+    publish.add_argument("--out", default="hub", help="dry-run output folder")
+    publish.add_argument("--no-track", action="store_true", help="do not tag the MLflow model versions")
+    publish.set_defaults(run=_publish)
+
+    pull = verbs.add_parser("pull", help="download a published model (cached, verified) into models/hub/")
+    pull.add_argument("reference", metavar="ORG/NAME[@REV]")
+    pull.add_argument("--out", default="models/hub", help="folder that receives <ORG>--<NAME>/")
+    pull.set_defaults(run=_pull)
+
+    registry = verbs.add_parser("registry", help="models registered in MLflow and where they are published")
+    registry.set_defaults(run=_registry)
 
     report = verbs.add_parser("report", help="results table from the metrics JSON files")
     report.add_argument("--metrics-dir", default="metrics")

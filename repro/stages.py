@@ -66,6 +66,16 @@ def _log_outputs(tracker: NullTracker, out_dir: Path, metrics_path: Path | None)
         tracker.log_artifact(metrics_path)
 
 
+def _register(tracker: NullTracker, out_dir: Path, seed: int) -> None:
+    """Register the finished artefact in the MLflow Model Registry (alias ``seed<k>``)."""
+    from repro.tracking import registered_name
+
+    config = checkpoint.read_config(out_dir)
+    tracker.register_model(registered_name(config), out_dir, {
+        "weights_sha256": config["files"][checkpoint.WEIGHTS_FILE], "seed": str(seed), "artefact": str(out_dir)},
+        alias=f"seed{seed}")
+
+
 @gin.configurable(denylist=["out_dir", "metrics_path", "checkpoint_root", "track"])
 def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True,
                   *, dataset: RealDataset = gin.REQUIRED, network: NetSpec = gin.REQUIRED, seed: int = 0) -> dict:
@@ -86,6 +96,7 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
         config = {"role": "teacher", "architecture": network.to_dict(), "data": spec.to_dict(),
                   "dataset": dataset.describe(), "method": method.describe(), "seed": seed}
         checkpoint.save_artefact(out_dir, model, config, gin.operative_config_str())
+        _register(tracker, out_dir, seed)
         write_metrics(metrics_path, metrics)
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
         _log_outputs(tracker, out_dir, metrics_path)
@@ -134,6 +145,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
             files[diagnose.SAMPLE_FILE] = lambda path: save_file(sample, str(path))
         checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str(), files)
         _log_outputs(tracker, out_dir, None)
+        _register(tracker, out_dir, seed)
     shutil.rmtree(ckpt.parent, ignore_errors=True)
     print(f"student {student.name} by {described['name']} (seed {seed}) -> {out_dir}")
     return out_dir

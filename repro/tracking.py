@@ -42,6 +42,7 @@ class NullTracker:
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
     def log_text(self, text: str, name: str) -> None: ...
     def finish(self, failed: bool = False) -> None: ...
+    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None: ...
 
 
 class MlflowTracker(NullTracker):
@@ -77,6 +78,22 @@ class MlflowTracker(NullTracker):
     def finish(self, failed: bool = False) -> None:
         self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
 
+    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
+        """Log the artefact folder (safetensors weights included) as this run's ``model`` artifacts and
+        register it as a new version of ``name`` with ``alias`` (MLflow aliases; stages are deprecated)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        self._mlflow.log_artifacts(str(folder), artifact_path="model")
+        client = MlflowClient(self.uri)
+        try:
+            client.create_registered_model(name, description="kdci-repro models of one dataset, pair and method")
+        except MlflowException:  # already registered: add a version
+            pass
+        version = client.create_model_version(name, source=f"{self._run.info.artifact_uri}/model", run_id=self.run_id,
+                                              tags={key: str(value) for key, value in tags.items()})
+        client.set_registered_model_alias(name, alias, version.version)
+
 
 class _GuardedTracker(NullTracker):
     """Wraps a tracker so that a failing store turns tracking off instead of failing the run."""
@@ -99,6 +116,8 @@ class _GuardedTracker(NullTracker):
     def log_artifact(self, path: Path, folder: str | None = None) -> None: self._call("log_artifact", path, folder)
     def log_text(self, text: str, name: str) -> None: self._call("log_text", text, name)
     def finish(self, failed: bool = False) -> None: self._call("finish", failed)
+    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
+        self._call("register_model", name, folder, tags, alias)
 
 
 def open_tracker(run_name: str, tags: Mapping[str, str]) -> NullTracker:
@@ -110,3 +129,64 @@ def open_tracker(run_name: str, tags: Mapping[str, str]) -> NullTracker:
         print(f"note: MLflow tracking is off: could not open {uri} ({type(exc).__name__}: "
               f"{str(exc).splitlines()[0] if str(exc) else ''}); set MLFLOW_TRACKING_URI to a working store")
         return NullTracker()
+
+
+def registered_name(config: Mapping[str, Any]) -> str:
+    """Registry name of an artefact: dataset, pair and method (+ ``-kdci``), e.g.
+    ``digits-digits_cnn_large-digits_cnn_small-dafl-kdci``; teachers: ``digits-digits_cnn_large-teacher``."""
+    data, arch = config["data"]["name"], config["architecture"]["name"]
+    if config.get("role") != "student":
+        return f"{data}-{arch}-teacher"
+    method = config["method"]
+    base = method.get("base", method)["name"]
+    return f"{data}-{config['teacher']['architecture']['name']}-{arch}-{base}" + ("-kdci" if "kdci" in method else "")
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(default_tracking_uri())
+
+
+def tag_published(model_dir: Path, repo_id: str, revision: str) -> None:
+    """Tag the registered versions holding ``model_dir``'s weights with the Hub repo id and revision."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    sha = config["files"]["model.safetensors"]
+    try:
+        client = _client()
+        tagged = 0
+        for version in client.search_model_versions(f"name = '{registered_name(config)}'"):
+            if version.tags.get("weights_sha256") == sha:
+                client.set_model_version_tag(version.name, version.version, "hub_repo_id", repo_id)
+                client.set_model_version_tag(version.name, version.version, "hub_revision", revision)
+                tagged += 1
+        if not tagged:
+            print(f"note: no MLflow model version holds {model_dir}'s weights; nothing tagged")
+    except Exception as exc:  # the upload happened; a store problem must not hide that
+        print(f"note: MLflow registry not updated ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+
+
+def list_registry() -> list[dict[str, str]]:
+    """Every registered model version: name, version, aliases, run, seed, Hub repo id and revision."""
+    client = _client()
+    rows = []
+    for model in client.search_registered_models():
+        aliases = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for version in client.search_model_versions(f"name = '{model.name}'"):
+            rows.append({"name": model.name, "version": str(version.version),
+                         "aliases": ",".join(sorted(aliases.get(str(version.version), []))), "run_id": version.run_id,
+                         "hub": version.tags.get("hub_repo_id", ""), "revision": version.tags.get("hub_revision", "")})
+    return sorted(rows, key=lambda row: (row["name"], int(row["version"])))
+
+
+def format_registry(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return f"no registered models in {default_tracking_uri()}: run the pipeline with tracking on"
+    lines = ["| model | version | aliases | run | Hub repository | revision |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['version']} | {r['aliases']} | {r['run_id'][:8]} | {r['hub'] or '—'} | "
+              f"{r['revision'][:10] or '—'} |" for r in rows]
+    return "\n".join(lines)

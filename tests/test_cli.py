@@ -60,3 +60,13 @@ def test_names_lists_networks_and_configurables() -> None:
     result = run_cli("names")
     assert result.returncode == 0, result.stderr
     assert "resnet34" in result.stdout and "KDCI" in result.stdout and "SGD" in result.stdout
+
+
+def test_params_with_an_unknown_method_or_profile(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("experiment: digits\nprofile: default\nseeds: [0]\nmethods: [dafl, cmii]\n")
+    result = run_cli("evaluate", "--gin", "gin/experiments/digits.gin", "--params", str(bad))
+    _assert_one_line_error(result, "methods 'cmii' has no gin/methods/cmii.gin; available: cmi, dafl")
+    bad.write_text("experiment: digits\nprofile: fastest\nseeds: [0]\nmethods: [dafl]\n")
+    result = run_cli("bench", "--params", str(bad))
+    _assert_one_line_error(result, "profile 'fastest' has no gin/profiles/fastest.gin")

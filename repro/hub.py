@@ -1,0 +1,243 @@
+"""Publish artefacts to the Hugging Face Hub, pull them back, load them.
+
+One Hub repository per model (the teacher and every student): the Hub's model card, ``model-index``
+results and revision history are per repository, and a student is then loadable by one id. The
+repository holds exactly the local artefact (``config.json``, ``model.safetensors``,
+``operative_config.gin``, ``confounder_dictionary.safetensors`` for KDCI students, the
+``substitution_sample.safetensors`` that ``repro diagnose`` reads), the model's
+``metrics.json`` and a ``README.md`` card whose front matter lists the sha256 of every other file.
+
+Safety: only ``*.json``, ``*.safetensors``, ``*.gin`` and ``README.md`` are ever downloaded (no
+pickles); every downloaded file is checked against the card's checksums and config.json's digests
+before it is copied into ``models/``; the copy is made under a temporary name and renamed, so an
+interrupted pull leaves nothing half-written. The token comes from ``HF_TOKEN`` or the Hub's own
+login (``hf auth login``) through huggingface_hub, and is never printed, logged or written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from repro import checkpoint
+from repro.card import CARD_FILE, METRICS_FILE, read_card_checksums, render_card
+from repro.errors import UserError
+
+ALLOWED_PATTERNS = ["*.json", "*.safetensors", "*.gin", CARD_FILE]
+T = TypeVar("T")
+
+
+def _endpoint(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def split_reference(reference: str) -> tuple[str, str | None]:
+    """``ORG/NAME[@REVISION]`` -> (repo id, revision or None)."""
+    repo_id, _, revision = reference.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise UserError(f"{reference!r} is not a Hub model id: write ORG/NAME or ORG/NAME@REVISION")
+    return repo_id, revision or None
+
+
+def _hub_call(action: str, call: Callable[[], T], endpoint: str, repo_id: str, attempts: int = 3,
+              backoff: float = 1.0) -> T:
+    """Run a Hub call; retry connection failures and 5xx answers with exponential backoff; map the
+    client's exceptions to one-line :class:`UserError` messages (never including the token)."""
+    import httpx2 as httpx  # huggingface_hub 2.x speaks httpx2 (stack notes)
+    from huggingface_hub import errors
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except errors.RepositoryNotFoundError:
+            raise UserError(f"{action}: {repo_id} does not exist on {endpoint} or your token cannot see it: check "
+                            "the id, and HF_TOKEN / `hf auth login` for private repositories") from None
+        except errors.RevisionNotFoundError:
+            raise UserError(f"{action}: {repo_id} has no such revision on {endpoint}: check the @REVISION") from None
+        except errors.LocalEntryNotFoundError:
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                raise UserError(f"{action}: {repo_id} is not in the local cache and HF_HUB_OFFLINE is set: "
+                                "pull it once online") from None
+            # snapshot_download reports an unreachable Hub (refused connection, 5xx) this way: retry it.
+            if attempt == attempts - 1:
+                raise UserError(f"{action}: the Hub at {endpoint} does not answer and {repo_id} is not in the "
+                                "local cache: check the network or HF_ENDPOINT; nothing was written locally") from None
+        except errors.HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                raise UserError(f"{action}: the Hub at {endpoint} refused the request ({status}): set HF_TOKEN or "
+                                f"run `hf auth login` with a token allowed to write to {repo_id.split('/')[0]}") from None
+            if status is not None and status < 500 or attempt == attempts - 1:
+                raise UserError(f"{action}: the Hub at {endpoint} answered {status} for {repo_id}: "
+                                "try again later; nothing was written locally") from None
+        except (httpx.TransportError, OSError) as exc:
+            if attempt == attempts - 1:
+                raise UserError(f"{action}: the Hub at {endpoint} does not answer ({type(exc).__name__}): check the "
+                                "network or HF_ENDPOINT; nothing was written locally") from None
+        time.sleep(backoff * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def stage_folder(model_dir: Path, repo_id: str, out_dir: Path, metrics_dir: Path = Path("metrics"),
+                 results_path: Path = Path("reports/results.json")) -> Path:
+    """Write the repository content for ``model_dir`` into ``out_dir`` (the ``--dry-run`` output)."""
+    model_dir = Path(model_dir)
+    config = checkpoint.read_config(model_dir)
+    checkpoint.load_artefact(model_dir)  # refuses incomplete or corrupt artefacts before anything is staged
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name in [checkpoint.CONFIG_FILE, *config["files"]]:  # every file config.json vouches for
+        shutil.copy2(model_dir / name, partial / name)
+    metrics = _metrics_of(model_dir, config, metrics_dir)
+    (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    results = json.loads(results_path.read_text()) if results_path.exists() else None
+    checksums = {path.name: checkpoint.sha256_of(path) for path in sorted(partial.iterdir())}
+    (partial / CARD_FILE).write_text(render_card(repo_id, config, metrics, results, checksums,
+                                                 _paired_metrics(config, metrics_dir)))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    return out_dir
+
+
+def _metrics_file(config: dict[str, Any], metrics_dir: Path) -> Path:
+    role = config.get("role")
+    if role == "teacher":
+        return metrics_dir / "teacher.json"
+    method = config["method"]["name"]
+    family = "kdci" if "kdci" in config["method"] else "students"
+    base = config["method"].get("base", {}).get("name", method)
+    return metrics_dir / family / f"{base}-seed{config.get('seed')}.json"
+
+
+def _metrics_of(model_dir: Path, config: dict[str, Any], metrics_dir: Path) -> dict[str, Any]:
+    path = _metrics_file(config, metrics_dir)
+    if not path.exists():
+        raise UserError(f"{path} is missing: evaluate {model_dir} first (`dvc repro evaluate`), the card's "
+                        "numbers come from it")
+    metrics = json.loads(path.read_text())
+    if Path(metrics.get("model", "")).resolve() != model_dir.resolve():
+        raise UserError(f"{path} describes {metrics.get('model')}, not {model_dir}: re-run the evaluation")
+    return metrics
+
+
+def _paired_metrics(config: dict[str, Any], metrics_dir: Path) -> dict[str, float]:
+    """Top-1 of the same seed's baseline and KDCI students (the card's per-seed comparison)."""
+    if config.get("role") != "student":
+        return {}
+    base = config["method"].get("base", config["method"])["name"]
+    paired = {}
+    for family, label in (("students", "baseline"), ("kdci", "kdci")):
+        path = metrics_dir / family / f"{base}-seed{config.get('seed')}.json"
+        if path.exists():
+            paired[label] = json.loads(path.read_text())["top1"]
+    return paired
+
+
+def publish(model_dir: Path, repo_id: str, *, revision: str | None = None, private: bool = False,
+            dry_run: bool = False, out_dir: Path | None = None, endpoint: str | None = None,
+            token: str | None = None, metrics_dir: Path = Path("metrics"),
+            results_path: Path = Path("reports/results.json"), backoff: float = 1.0) -> dict[str, str]:
+    """Stage ``model_dir`` as a Hub repository and (unless ``dry_run``) upload it.
+
+    Returns ``{"repo_id", "revision" (commit sha), "folder"}``; with ``dry_run`` the folder is kept at
+    ``out_dir`` (default ``hub/<ORG>--<NAME>``) and nothing is sent.
+    """
+    split_reference(repo_id)
+    folder = Path(out_dir) if out_dir else Path("hub") / repo_id.replace("/", "--")
+    if not dry_run:
+        folder = Path(tempfile.mkdtemp(prefix="kdci-publish-")) / repo_id.replace("/", "--")
+    stage_folder(model_dir, repo_id, folder, metrics_dir, results_path)
+    if dry_run:
+        print(f"dry run: {folder} holds what would be uploaded to {repo_id} (card: {folder / CARD_FILE})")
+        return {"repo_id": repo_id, "revision": "", "folder": str(folder)}
+    from huggingface_hub import HfApi
+
+    url = _endpoint(endpoint)
+    api = HfApi(endpoint=url, token=token)
+    try:
+        _hub_call("publish", lambda: api.create_repo(repo_id, private=private, exist_ok=True), url, repo_id,
+                  backoff=backoff)
+        if revision and revision != "main":
+            _hub_call("publish", lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), url, repo_id,
+                      backoff=backoff)
+        info = _hub_call("publish", lambda: api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), revision=revision, allow_patterns=ALLOWED_PATTERNS,
+            commit_message=f"kdci-repro: publish {Path(model_dir).as_posix()}"), url, repo_id, backoff=backoff)
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+    sha = getattr(info, "oid", None) or ""
+    print(f"published {model_dir} -> {url}/{repo_id} (revision {sha or revision or 'main'})")
+    return {"repo_id": repo_id, "revision": sha, "folder": ""}
+
+
+def pull(reference: str, models_dir: Path = Path("models/hub"), *, endpoint: str | None = None,
+         token: str | None = None, cache_dir: Path | None = None, backoff: float = 1.0) -> Path:
+    """Download ``ORG/NAME[@REVISION]`` (cached; ``HF_HUB_OFFLINE`` honoured), verify every file, and
+    place it at ``models_dir/<ORG>--<NAME>`` (replaced as a whole). Returns that folder."""
+    from huggingface_hub import snapshot_download
+
+    repo_id, revision = split_reference(reference)
+    url = _endpoint(endpoint)
+    snapshot = Path(_hub_call("pull", lambda: snapshot_download(
+        repo_id, revision=revision, allow_patterns=ALLOWED_PATTERNS, cache_dir=cache_dir, endpoint=url,
+        token=token), url, repo_id, backoff=backoff))
+    verify_folder(snapshot, reference)
+    target = Path(models_dir) / repo_id.replace("/", "--")
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        for path in snapshot.iterdir():
+            if path.is_file():
+                shutil.copy2(path.resolve(), partial / path.name)  # cache entries are symlinks to blobs
+        verify_folder(partial, reference)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f"pulled {reference} -> {target}")
+    return target
+
+
+def verify_folder(folder: Path, reference: str) -> dict[str, Any]:
+    """Check a downloaded repository: card checksums, config digests, loadable weights."""
+    card = folder / CARD_FILE
+    if not card.exists():
+        raise UserError(f"{reference} has no {CARD_FILE}: it was not published by repro; refusing to load it")
+    checksums = read_card_checksums(card.read_text())
+    if not checksums:
+        raise UserError(f"{reference}: its card lists no checksums; refusing files that cannot be verified")
+    for name, expected in checksums.items():
+        path = folder / name
+        if not path.exists():
+            raise UserError(f"{reference}: {name} listed in the card was not downloaded; pull again")
+        if checkpoint.sha256_of(path) != expected:
+            raise UserError(f"{reference}: {name} does not match the sha256 in the card: corrupt or tampered "
+                            "download; remove it from the cache and pull again")
+    checkpoint.load_artefact(folder)  # config.json's own digests and the safetensors weights
+    return checksums
+
+
+def load_student(reference: str, *, endpoint: str | None = None, token: str | None = None,
+                 models_dir: Path = Path("models/hub")):
+    """``repro.hub.load_student("ORG/NAME[@REV]")`` -> ``(model, config)``: a ready ``nn.Module`` in eval
+    mode (a ``DeconfoundedStudent`` with its dictionary for KDCI students)."""
+    return checkpoint.load_artefact(pull(reference, models_dir, endpoint=endpoint, token=token))
+
+
+def card_metrics(folder: Path) -> dict[str, Any]:
+    """The metrics file published with the model (the card's numbers)."""
+    return json.loads((Path(folder) / METRICS_FILE).read_text())
