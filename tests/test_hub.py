@@ -200,3 +200,19 @@ def test_registry_records_versions_and_publication(teacher_dir: Path, hub: FakeH
     (row,) = tracking.list_registry()
     assert row["hub"] == "lab/registered" and row["revision"] == published["revision"]
     assert "lab/registered" in tracking.format_registry([row])
+
+
+def test_cli_publish_then_evaluate_from_hub(published_run: Path, hub: FakeHub, tmp_path: Path) -> None:
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    published = run_cli("publish", "--repo-id", "lab/cli-kdci", "--model", "models/kdci/dafl/seed0", "--no-track",
+                        cwd=published_run, env=env)
+    assert published.returncode == 0, published.stderr
+    assert "lab/cli-kdci" in published.stdout and "model.safetensors" in hub.files("lab/cli-kdci")
+    evaluated = run_cli("evaluate", "--gin", str(REPO / "gin/experiments/digits.gin"), "--gin",
+                        str(REPO / "gin/profiles/smoke.gin"), "--from-hub", "lab/cli-kdci", "--hub-dir",
+                        str(tmp_path / "pulled"), "--no-track", cwd=tmp_path, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    card = json.loads((published_run / "metrics/kdci/dafl-seed0.json").read_text())["top1"]
+    assert f"matches the card's {card:.2f}%" in evaluated.stdout
+    assert (tmp_path / "pulled/lab--cli-kdci/confounder_dictionary.safetensors").is_file()
