@@ -110,18 +110,20 @@ def stage_folder(model_dir: Path, repo_id: str, out_dir: Path, metrics_dir: Path
     return out_dir
 
 
-def _metrics_file(config: dict[str, Any], metrics_dir: Path) -> Path:
-    role = config.get("role")
-    if role == "teacher":
-        return metrics_dir / "teacher.json"
-    method = config["method"]["name"]
-    family = "kdci" if "kdci" in config["method"] else "students"
-    base = config["method"].get("base", {}).get("name", method)
-    return metrics_dir / family / f"{base}-seed{config.get('seed')}.json"
+def _cell(config: dict[str, Any], metrics_dir: Path):
+    """The pipeline cell (baseline method, seed) a student belongs to, with its metrics paths."""
+    from repro.runset import run_for
+
+    method = config["method"]
+    return run_for(method.get("base", method)["name"], config.get("seed", 0), metrics=metrics_dir)
 
 
 def _metrics_of(model_dir: Path, config: dict[str, Any], metrics_dir: Path) -> dict[str, Any]:
-    path = _metrics_file(config, metrics_dir)
+    if config.get("role") == "teacher":
+        path = metrics_dir / "teacher.json"
+    else:
+        cell = _cell(config, metrics_dir)
+        path = cell.kdci_metrics if "kdci" in config["method"] else cell.baseline_metrics
     if not path.exists():
         raise UserError(f"{path} is missing: evaluate {model_dir} first (`dvc repro evaluate`), the card's "
                         "numbers come from it")
@@ -135,13 +137,9 @@ def _paired_metrics(config: dict[str, Any], metrics_dir: Path) -> dict[str, floa
     """Top-1 of the same seed's baseline and KDCI students (the card's per-seed comparison)."""
     if config.get("role") != "student":
         return {}
-    base = config["method"].get("base", config["method"])["name"]
-    paired = {}
-    for family, label in (("students", "baseline"), ("kdci", "kdci")):
-        path = metrics_dir / family / f"{base}-seed{config.get('seed')}.json"
-        if path.exists():
-            paired[label] = json.loads(path.read_text())["top1"]
-    return paired
+    cell = _cell(config, metrics_dir)
+    return {label: json.loads(path.read_text())["top1"]
+            for label, path in (("baseline", cell.baseline_metrics), ("kdci", cell.kdci_metrics)) if path.exists()}
 
 
 def publish(model_dir: Path, repo_id: str, *, revision: str | None = None, private: bool = False,

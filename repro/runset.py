@@ -57,8 +57,13 @@ def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
     return params
 
 
+def run_for(method: str, seed: int, models: Path = Path("models"), metrics: Path = Path("metrics")) -> Run:
+    """Where the pipeline keeps the artefacts and metrics of one (method, seed) cell."""
+    return Run(method, int(seed), models / "students" / method / f"seed{seed}", models / "kdci" / method / f"seed{seed}",
+               metrics / "students" / f"{method}-seed{seed}.json", metrics / "kdci" / f"{method}-seed{seed}.json")
+
+
 def runs(params: dict[str, Any], models: Path = Path("models"), metrics: Path = Path("metrics")) -> Iterator[Run]:
     for method in params["methods"]:
         for seed in params["seeds"]:
-            yield Run(method, int(seed), models / "students" / method / f"seed{seed}", models / "kdci" / method / f"seed{seed}",
-                      metrics / "students" / f"{method}-seed{seed}.json", metrics / "kdci" / f"{method}-seed{seed}.json")
+            yield run_for(method, seed, models, metrics)

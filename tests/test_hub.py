@@ -216,3 +216,25 @@ def test_cli_publish_then_evaluate_from_hub(published_run: Path, hub: FakeHub, t
     card = json.loads((published_run / "metrics/kdci/dafl-seed0.json").read_text())["top1"]
     assert f"matches the card's {card:.2f}%" in evaluated.stdout
     assert (tmp_path / "pulled/lab--cli-kdci/confounder_dictionary.safetensors").is_file()
+
+
+def test_interrupted_upload_is_one_line_and_leaves_no_commit(published_run: Path, hub: FakeHub) -> None:
+    hub.fail_next("/commit/", 0, times=5)  # the connection drops at every commit attempt
+    with pytest.raises(UserError, match="does not answer"):
+        _publish(published_run, "kdci", "lab/interrupted", hub.endpoint)
+    assert len(hub.commits("lab/interrupted")) == 1  # only the repository's initial commit
+
+
+def test_offline_pull_serves_the_cache_and_explains_a_miss(published_run: Path, hub: FakeHub, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    from repro import hub as hubmod
+
+    _publish(published_run, "students", "lab/cached", hub.endpoint)
+    hubmod.pull("lab/cached", tmp_path / "online", endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = hubmod.pull("lab/cached", tmp_path / "offline", endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
+    assert (folder / "model.safetensors").read_bytes() == (tmp_path / "online/lab--cached/model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
+        hubmod.pull("lab/never-pulled", tmp_path / "x", endpoint=hub.endpoint, cache_dir=tmp_path / "cache", backoff=0)
