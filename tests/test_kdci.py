@@ -155,3 +155,21 @@ def test_bench_measures_both_students_and_dictionary_builds() -> None:
     assert "overhead" in bench.format_result(result)
     assert result["method"] == "dafl" and result["synthesis_round_ms"] > 0
     assert "| dafl |" in bench.format_table([result])
+
+
+def test_dictionary_file_is_byte_identical_across_saves(tmp_path: Path) -> None:
+    # Same dictionary -> same bytes, so artefact digests (config.json, dvc.lock, Hub checksums) are reproducible.
+    import subprocess
+    import sys
+
+    dictionary = build_dictionary(torch.randn(300, 12, generator=torch.Generator().manual_seed(0)), 5, 4, seed=0)
+    dictionary.save(tmp_path / "a.safetensors")
+    script = ("import torch, sys; from repro.kdci.dictionary import ConfounderDictionary as D; "
+              "D.load(sys.argv[1]).save(sys.argv[2])")
+    for name in ("b", "c"):  # other processes: safetensors' metadata map is ordered per process
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.safetensors"), str(tmp_path / f"{name}.safetensors")],
+                       check=True)
+    first = (tmp_path / "a.safetensors").read_bytes()
+    assert (tmp_path / "b.safetensors").read_bytes() == first == (tmp_path / "c.safetensors").read_bytes()
+    loaded = ConfounderDictionary.load(tmp_path / "b.safetensors", 5, 4)
+    assert loaded.metadata() == dictionary.metadata() and torch.equal(loaded.prototypes, dictionary.prototypes)

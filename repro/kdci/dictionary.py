@@ -10,6 +10,7 @@ Cost: O(N * m * d) per Lloyd iteration for m samples of dimension d; storage O(N
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from repro.errors import UserError
 
 FEATURE_SOURCES = ("penultimate", "logits")
 PRIORS = ("proportion", "uniform")
+METADATA_KEY = "kdci_dictionary"  # one JSON string: see ConfounderDictionary.save
 
 
 @dataclasses.dataclass
@@ -55,10 +57,14 @@ class ConfounderDictionary:
                 "feature_dim": str(int(self.pca_mean.shape[0]))}
 
     def save(self, path: Path) -> None:
-        """Write a safetensors file; N, d, feature source and prior kind go into its metadata."""
+        """Write a safetensors file; N, d, feature source and prior kind go into its metadata.
+
+        The metadata is one JSON string under one key: safetensors keeps metadata in a hash map whose
+        order changes from process to process, so several keys would make identical dictionaries
+        differ byte for byte (and in their sha256)."""
         from safetensors.torch import save_file
 
-        save_file(self.tensors(), str(path), metadata=self.metadata())
+        save_file(self.tensors(), str(path), metadata={METADATA_KEY: json.dumps(self.metadata(), sort_keys=True)})
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "ConfounderDictionary":
@@ -78,7 +84,9 @@ class ConfounderDictionary:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
+            if METADATA_KEY in metadata:
+                metadata = json.loads(metadata[METADATA_KEY])
+        except (SafetensorError, OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             raise UserError(f"{path} is not a readable safetensors file ({exc}): re-run the kdci stage") from None
         required = {"prototypes", "prior", "pca_mean", "pca_basis", "cluster_sizes"}
         if not required <= tensors.keys() or "feature_source" not in metadata:
