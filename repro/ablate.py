@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any
 
 import gin
 from repro import config, stages
-from repro.errors import UserError
 from repro.report import paired_interval
 from repro.runset import read_params
 

@@ -110,7 +110,7 @@ def render_card(repo_id: str, config: dict[str, Any], metrics: dict[str, Any], r
     body = [
         f"# {repo_id.split('/')[-1]}", "",
         what,
-        f"Reproduction of *De-confounded Data-free Knowledge Distillation for Handling Distribution Shifts* (KDCI, "
+        "Reproduction of *De-confounded Data-free Knowledge Distillation for Handling Distribution Shifts* (KDCI, "
         "CVPR 2024, [arXiv:2403.19539](https://arxiv.org/abs/2403.19539)) with kdci-repro; weights are safetensors only.",
         dictionary,
         *_results_table(config, metrics, results, paired),
