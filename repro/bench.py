@@ -133,3 +133,105 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['method']} | {row['synthesis_round_ms']:.1f} | {row['baseline_step_ms']:.2f} | "
                      f"{row['kdci_step_ms']:.2f} | {row['overhead_percent']:+.2f}% |")
     return "\n".join(lines) + "\n"
+
+
+# `repro bench --profile`: the paper budgets' networks and batch sizes on random images of the right shape.
+_PROFILE_BENCH_BINDINGS = [
+    "bench_kdci_overhead.warmup_steps = 1", "bench_kdci_overhead.synthesis_rounds = 1",
+    "bench_kdci_overhead.dictionary_sizes = ()", "KDCI.dictionary_samples = 512",
+    # A round of the pool-based methods is shortened to `synthesis_steps` optimisation steps; the
+    # full round's time is projected from the per-step time (steps are identical in cost).
+    "Fast.warmup_rounds = 0",
+]
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB; process peak so far
+
+
+def bench_profile(profile: str, experiment: str | None, methods: list[str], steps: int, synthesis_steps: int,
+                  bindings: list[str], gin_root: Path = Path("gin")) -> list[dict[str, Any]]:
+    """Per method: student and synthesis images/s and peak memory at a paper profile's sizes.
+
+    Data are ``FakeImages`` shaped like the profile's dataset (no download); networks, batch sizes and
+    synthesis batch sizes are the profile's. Pool-based rounds (DeepInversion, CMI, Fast) run
+    ``synthesis_steps`` optimisation steps and the full round (the profile's step count) is projected.
+    """
+    from repro import config, stages
+    from repro.errors import UserError
+
+    profile_file = gin_root / "profiles" / f"{profile}.gin"
+    if not profile_file.is_file():
+        known = ", ".join(sorted(p.stem for p in (gin_root / "profiles").glob("*.gin")))
+        raise UserError(f"profile {profile!r} has no {profile_file}: choose one of {known}")
+    config.parse([profile_file])
+    datasets = stages.profile_scope()
+    gin.clear_config()
+    if not datasets:
+        raise UserError(f"profile {profile!r} names no dataset (profile_scope.datasets): bench it with --gin files instead")
+    dataset = datasets[0]
+    experiment = experiment or f"{dataset}_resnet34-resnet18"
+    fake = [f"DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "POOL = @DatasetPool()",
+            "DatasetPool.dataset = @pool/FakeImages()", f"pool/FakeImages.like = '{dataset}'",
+            "pool/FakeImages.size = 1024", "DatasetPool.split = 'train'", "DatasetPool.count = 1024"]
+    rows = []
+    for method in methods:
+        files = [gin_root / "experiments" / f"{experiment}.gin", gin_root / "methods" / f"{method}.gin",
+                 gin_root / "kdci.gin", profile_file, gin_root / "bench.gin"]
+        config.parse(files, fake)
+        batch = gin.query_parameter("student/Trainer.batch_size")
+        base = gin.query_parameter("%BASE_METHOD").scoped_configurable_fn()
+        full_steps = base.describe().get("synthesis_steps", 1)
+        cls = type(base).__name__
+        try:
+            synthesis_batch = gin.query_parameter(f"{cls}.synthesis_batch_size")
+        except ValueError:
+            synthesis_batch = 0  # selection-based (DFND): no synthesis per round
+        gin.clear_config()
+        shrink = [f"bench_kdci_overhead.steps = {steps}", f"bench_kdci_overhead.batch_size = {batch}"]
+        if full_steps > 1:
+            shrink.append(f"{cls}.synthesis_steps = {min(synthesis_steps, full_steps)}")
+        config.parse(files, fake + _PROFILE_BENCH_BINDINGS + shrink + list(bindings))
+        try:
+            target = resolve_device(gin.query_parameter("bench_kdci_overhead.device"))
+        except ValueError:  # not bound: the function's default
+            target = resolve_device("auto")
+        if target.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(target)
+        result = bench_kdci_overhead()
+        gin.clear_config()
+        measured_steps = min(synthesis_steps, full_steps) if full_steps > 1 else 1
+        round_s = result["synthesis_round_ms"] / 1000
+        result.update({
+            "profile": profile, "experiment": experiment, "batch_size": batch,
+            "synthesis_batch": synthesis_batch, "synthesis_steps_full": full_steps,
+            "synthesis_images_per_s": synthesis_batch * measured_steps / round_s if synthesis_batch and round_s > 0 else 0.0,
+            "projected_round_s": round_s * full_steps / measured_steps if synthesis_batch else 0.0,
+            "student_images_per_s": batch / (result["baseline_step_ms"] / 1000),
+            "peak_memory_gib": _peak_memory_gib(target),
+        })
+        print(f"{method}: student {result['student_images_per_s']:.0f} img/s, synthesis "
+              f"{result['synthesis_images_per_s']:.0f} img-steps/s", flush=True)
+        rows.append(result)
+    return rows
+
+
+def format_profile_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per method, images/s of student steps and synthesis, projected round, memory."""
+    first = rows[0]
+    memory = "peak GPU memory (GiB)" if "cpu" not in first["device"] else "process peak RSS (GiB)"
+    lines = [f"profile {first['profile']}, experiment {first['experiment']} (FakeImages: random images of the "
+             f"dataset's shape); device: {first['device']}; student batch {first['batch_size']}, medians of "
+             f"{first['steps']} steps", "",
+             f"| method | student img/s | +KDCI step overhead | synthesis img-steps/s | synthesis batch x steps | "
+             f"projected round (s) | {memory} |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        synthesis = (f"{row['synthesis_batch']} x {row['synthesis_steps_full']}" if row["synthesis_batch"] else "selection once")
+        lines.append(f"| {row['method']} | {row['student_images_per_s']:.1f} | {row['overhead_percent']:+.2f}% | "
+                     f"{row['synthesis_images_per_s']:.1f} | {synthesis} | {row['projected_round_s']:.1f} | "
+                     f"{row['peak_memory_gib']:.2f} |")
+    return "\n".join(lines) + "\n"

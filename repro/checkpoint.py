@@ -7,28 +7,41 @@ that may travel (teachers, students) hold weights only as safetensors:
     <artefact>/model.safetensors      the weights
     <artefact>/operative_config.gin   gin's operative configuration of the run that wrote it
 
-Every write goes to a temporary name first and is renamed into place, so a kill never leaves a
-half-written file where a complete one is expected.
+Every write goes to a temporary name first, is flushed and fsync'ed, and is renamed into place
+(then the folder is fsync'ed), so neither a kill nor a power cut leaves a half-written file where a
+complete one is expected. A write that fails (full disk, quota, permissions) ends with one line
+naming the file, and the previous checkpoint or artefact is kept.
+
+Resume policy: a checkpoint written by a different configuration of the same stage (another
+fingerprint) is ignored with a printed note and overwritten after the first epoch; a file that is
+not a readable repro checkpoint (truncated, foreign, damaged) is refused, because something other
+than repro wrote or damaged it and the user should look before it is deleted.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import torch
 from torch import nn
 
-from repro.architecture import NetSpec
+from repro import nets
+from repro.data import DataSpec
 from repro.errors import UserError
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, GIN_FILE = "config.json", "model.safetensors", "operative_config.gin"
 DICTIONARY_FILE = "confounder_dictionary.safetensors"
+# What the Trainer saves after every epoch; a checkpoint without one of these is refused.
+STATE_KEYS = ("fingerprint", "epoch", "model", "optimizer", "method", "rng")
 
 
 def sha256_of(path: Path) -> str:
@@ -39,23 +52,81 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ---------------------------------------------------------------- durable writes
+
+def _open_for_writing(path: Path) -> IO[bytes]:
+    """Every file this module writes is opened here (a test wraps it to simulate a full disk)."""
+    return open(path, "wb")
+
+
+def write_durably(path: Path, payload: bytes | memoryview) -> None:
+    """Write ``payload`` to ``path`` and fsync it. Not atomic by itself: callers write to a
+    temporary name or into a temporary folder and rename."""
+    with _open_for_writing(path) as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file written by someone else, or a folder (so a rename in it survives a power cut)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. folders cannot be opened on Windows; nothing more can be done there
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders
+    finally:
+        os.close(descriptor)
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = re.search(r"os error (\d+)", str(exc))  # Rust writers (safetensors) report "(os error 28)"
+    return int(found.group(1)) if found else None
+
+
+def _write_failed(path: Path, exc: BaseException, kept: str) -> UserError:
+    """The one-line error for a failed write of ``path``."""
+    if _errno_of(exc) in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left on device while writing {path}; free space and re-run ({kept})")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).strip() or type(exc).__name__)
+    return UserError(f"could not write {path} ({reason}); fix the cause and re-run ({kept})")
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    from safetensors import SafetensorError
+
+    return isinstance(exc, OSError) or (isinstance(exc, SafetensorError) and _errno_of(exc) is not None)
+
+
 # ---------------------------------------------------------------- resume state
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (tensors, numbers, strings, nested dicts) to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically and durably write ``state`` (tensors, numbers, strings, nested dicts) to ``path``."""
+    path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
-        torch.save(state, partial)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # serialise first: torch's zip writer hides a failed write behind its own error
+        torch.save(state, buffer)
+        write_durably(partial, buffer.getbuffer())
         os.replace(partial, path)
+        _fsync_path(path.parent)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise UserError(f"could not write checkpoint {path} ({exc.strerror or exc}): free disk space; "
-                        "the previous checkpoint is kept") from None
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was kept"
+        raise _write_failed(path, exc, kept) from None
 
 
 def load_training_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The saved state if ``path`` holds one written by the same configuration, else ``None``."""
+    """The saved state if ``path`` holds one written by the same configuration, else ``None``.
+
+    A leftover ``<path>.partial`` (a kill during a write) is never read."""
+    path = Path(path)
     if not path.exists():
         return None
     try:
@@ -64,40 +135,76 @@ def load_training_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
         raise UserError(f"checkpoint {path} is corrupt or not a repro checkpoint ({type(exc).__name__}): "
                         "delete it to start the stage over") from None
     if not isinstance(state, dict) or "fingerprint" not in state:
-        raise UserError(f"checkpoint {path} is not a repro training checkpoint: delete it to start over")
+        raise UserError(f"checkpoint {path} is not a repro training checkpoint: delete it to start the stage over")
     if state["fingerprint"] != fingerprint:
-        print(f"note: {path} was written by a different configuration; starting this stage from scratch")
+        print(f"note: ignoring checkpoint {path}: a different configuration or teacher wrote it; "
+              "training starts from epoch 1 and overwrites it")
         return None
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing or not isinstance(state["epoch"], int) or state["epoch"] < 1:
+        raise UserError(f"checkpoint {path} is incomplete (missing {', '.join(missing) or 'a valid epoch'}): "
+                        "delete it to start the stage over")
     return state
 
 
 # ---------------------------------------------------------------- artefacts
 
+def check_output_folder(out_dir: Path) -> None:
+    """Refuse an output folder that holds something other than a repro artefact: replacing it would
+    delete the user's files (``--out .`` or ``--out ~``). Absent, empty, or a previous artefact is fine."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    try:
+        previous = json.loads((out_dir / CONFIG_FILE).read_text()) if out_dir.is_dir() else None
+    except (OSError, ValueError):
+        previous = None
+    if not (isinstance(previous, dict) and "format_version" in previous):
+        what = "a folder that is not a repro artefact" if out_dir.is_dir() else "a file"
+        raise UserError(f"output {out_dir} is {what}: refusing to replace it; choose another --out or remove it")
+
+
 def save_artefact(out_dir: Path, model: nn.Module, config: dict[str, Any], operative_config: str,
                   extra_files: dict[str, Callable[[Path], None]] | None = None) -> None:
     """Write ``model``, its records and ``extra_files`` (name -> writer) to ``out_dir``, replaced as a
-    whole so it is never half-written."""
-    from safetensors.torch import save_file
+    whole so it is never half-written.
 
-    out_dir = Path(out_dir)
+    Everything is written into ``.<name>.partial`` and fsync'ed; the previous artefact (if any) is
+    moved to ``.<name>.previous`` for the instant between two renames and deleted after. A failed
+    write leaves the previous artefact where it was."""
+    from safetensors.torch import save as safetensors_bytes
+
+    check_output_folder(out_dir)
+    out_dir = Path(out_dir).resolve()  # `--out .` has no name to derive the temporary names from
     partial = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    previous = out_dir.with_name(f".{out_dir.name}.previous")
     try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-        save_file(weights, str(partial / WEIGHTS_FILE), metadata={"format": "pt"})
-        (partial / GIN_FILE).write_text(operative_config)
+        write_durably(partial / WEIGHTS_FILE, safetensors_bytes(weights, metadata={"format": "pt"}))
+        write_durably(partial / GIN_FILE, operative_config.encode("utf-8"))
         for name, write in (extra_files or {}).items():
             write(partial / name)
+            _fsync_path(partial / name)
         names = [WEIGHTS_FILE, GIN_FILE, *(extra_files or {})]
         record = {"format_version": FORMAT_VERSION, **config, "files": {name: sha256_of(partial / name) for name in names}}
-        (partial / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_durably(partial / CONFIG_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        _fsync_path(partial)
+        shutil.rmtree(previous, ignore_errors=True)
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            os.replace(out_dir, previous)
         os.replace(partial, out_dir)
-    except OSError as exc:
+        _fsync_path(out_dir.parent)
+    except Exception as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        raise UserError(f"could not write artefact {out_dir} ({exc.strerror or exc}): free disk space and re-run") from None
+        if previous.exists() and not out_dir.exists():
+            os.replace(previous, out_dir)
+        if _is_write_error(exc):
+            kept = "the previous artefact is kept" if out_dir.exists() else "nothing was written"
+            raise _write_failed(out_dir, exc, kept) from None
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def read_config(artefact_dir: Path) -> dict[str, Any]:
@@ -111,9 +218,15 @@ def read_config(artefact_dir: Path) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{config_path} is not valid JSON (line {exc.lineno}): re-run the stage that wrote it") from None
-    if config.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{config_path} has format_version {config.get('format_version')!r}, expected "
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        version = config.get("format_version") if isinstance(config, dict) else None
+        raise UserError(f"{config_path} has format_version {version!r}, expected "
                         f"{FORMAT_VERSION}: it was not written by this version of repro")
+    architecture, data, files = config.get("architecture"), config.get("data"), config.get("files")
+    if not (isinstance(architecture, dict) and isinstance(architecture.get("name"), str) and isinstance(data, dict)
+            and isinstance(files, dict)):
+        raise UserError(f"{config_path} lacks a valid architecture, data or files record: the artefact is damaged; "
+                        "re-run the stage that wrote it or pull it again")
     return config
 
 
@@ -138,12 +251,22 @@ def load_artefact(artefact_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{weights_path} is not a readable safetensors file ({exc}): re-run the stage") from None
-    data = config["data"]
-    model = NetSpec.from_dict(config["architecture"]).build(num_classes=data["num_classes"], in_channels=data["channels"])
+    spec, architecture = DataSpec.from_dict(config["data"]), config["architecture"]
+    try:
+        model = nets.create(architecture["name"], **{**dict(architecture.get("kwargs", {})),
+                                                     "num_classes": spec.num_classes, "in_channels": spec.channels})
+    except (KeyError, TypeError, ValueError) as exc:
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise UserError(f"{artefact_dir / CONFIG_FILE} describes a network this version of repro cannot build "
+                        f"({reason}): re-run the stage that wrote it or upgrade repro") from None
     if "intervention" in config:  # a KDCI student: backbone + intervention + its dictionary file
         from repro.kdci.model import DeconfoundedStudent
 
-        model = DeconfoundedStudent(model, **config["intervention"])
+        try:
+            model = DeconfoundedStudent(model, **config["intervention"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+            raise UserError(f"{artefact_dir / CONFIG_FILE} has an invalid intervention record ({exc}): the artefact "
+                            "is damaged; re-run the kdci stage or pull it again") from None
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

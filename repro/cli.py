@@ -39,6 +39,15 @@ def _train_teacher(args: argparse.Namespace) -> None:
     stages.train_teacher(Path(args.out), Path(args.metrics), Path(args.checkpoint_dir), not args.no_track)
 
 
+def _import_teacher(args: argparse.Namespace) -> None:
+    from repro import import_teacher
+
+    import_teacher.configure_dataset(args.dataset, args.data_root)
+    out = Path(args.out or f"models/imported/{args.dataset}_{args.arch}")
+    import_teacher.import_teacher(Path(args.file), args.arch, out, args.expected_top1, args.tolerance,
+                                  Path(args.metrics) if args.metrics else None)
+
+
 def _distill(args: argparse.Namespace) -> None:
     _configured(args)
     from repro import stages
@@ -107,10 +116,23 @@ def _registry(args: argparse.Namespace) -> None:
     print(tracking.format_registry(tracking.list_registry()))
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from repro import audit
+
+    print(audit.audit(args.reference))
+
+
 def _report(args: argparse.Namespace) -> None:
     from repro import report
 
     report.write_report(Path(args.metrics_dir), Path(args.out), Path(args.diagnostics) if args.diagnostics else None)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from repro import compare
+
+    compare.write_comparison(Path(args.published), [Path(path) for path in args.results], Path(args.out),
+                             Path(args.metrics_dir))
 
 
 def _ablate(args: argparse.Namespace) -> None:
@@ -131,6 +153,14 @@ def _shift_sweep(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from repro import bench
 
+    if args.profile:  # a paper profile on random images of its dataset's shape
+        import repro.configurables  # noqa: F401
+
+        if args.steps <= 0 or args.synthesis_steps <= 0:
+            raise UserError("--steps and --synthesis-steps must be positive integers")
+        print(bench.format_profile_table(bench.bench_profile(args.profile, args.experiment, args.methods, args.steps,
+                                                             args.synthesis_steps, args.bind)))
+        return
     if args.params:  # every method of params.yaml, one table
         import repro.configurables  # noqa: F401
 
@@ -179,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
     teacher.set_defaults(run=_train_teacher)
 
+    imported = verbs.add_parser("import-teacher", help="convert a zju-vipa CMI / Fast-Datafree pretrained teacher "
+                                "(.pth) into a teacher artefact, checked against its reported test top-1")
+    imported.add_argument("file", metavar="FILE.pth", help="zju-vipa checkpoint, e.g. cifar10_wrn40_2.pth")
+    imported.add_argument("--arch", required=True, help="repro network the file holds (`repro names`), e.g. wrn40_2")
+    imported.add_argument("--dataset", required=True, help="cifar10 or cifar100 (gin/data/<name>.gin)")
+    imported.add_argument("--out", default=None, help="artefact folder to write (default models/imported/<dataset>_<arch>)")
+    imported.add_argument("--expected-top1", type=float, default=None, help="test top-1 (%%) the teacher should reach "
+                          "(default: the benchmark's figure for resnet34 / wrn40_2; required for other networks)")
+    imported.add_argument("--tolerance", type=float, default=2.0, help="points below --expected-top1 still accepted")
+    imported.add_argument("--data-root", default=None, help="folder holding the torchvision CIFAR files (default data)")
+    imported.add_argument("--metrics", default=None, help="metrics JSON to write (metrics/teacher.json lets "
+                          "`repro publish --model` card it)")
+    imported.set_defaults(run=_import_teacher)
+
     distill = verbs.add_parser("distill", help="distil a student from a teacher artefact, data-free")
     _gin_args(distill)
     distill.add_argument("--teacher", required=True, help="teacher artefact folder")
@@ -219,11 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     registry = verbs.add_parser("registry", help="models registered in MLflow and where they are published")
     registry.set_defaults(run=_registry)
 
+    audit = verbs.add_parser("audit", help="how a recorded number was produced: an MLflow run, or the run a "
+                             "metrics JSON names (store: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    audit.add_argument("reference", metavar="RUN_ID|METRICS_JSON", help="an MLflow run id, or a metrics JSON "
+                       "written by a stage (e.g. metrics/kdci/dafl-seed0.json)")
+    audit.set_defaults(run=_audit)
+
     report = verbs.add_parser("report", help="results table from the metrics JSON files")
     report.add_argument("--metrics-dir", default="metrics")
     report.add_argument("--out", default="reports")
     report.add_argument("--diagnostics", default=None, help="diagnostics.md to append (from `repro diagnose`)")
     report.set_defaults(run=_report)
+
+    comparison = verbs.add_parser("compare", help="our results beside the paper's and the benchmark's "
+                                  "published numbers")
+    comparison.add_argument("--published", default="reports/published_numbers.csv",
+                            help="published numbers, one row each with its source (CSV; see its comment lines)")
+    comparison.add_argument("--results", nargs="+", default=["reports/results.json"], metavar="PATH",
+                            help="results.json files of `repro report`, or folders searched for them")
+    comparison.add_argument("--metrics-dir", default="metrics", help="metrics to identify the dataset and student of "
+                            "a results.json written before report.py recorded them")
+    comparison.add_argument("--out", default="reports/paper_comparison.md")
+    comparison.set_defaults(run=_compare)
 
     ablate = verbs.add_parser("ablate", help="KDCI ablations (when params.yaml says ablate: true)")
     ablate.add_argument("--params", default="params.yaml", help="params file: experiment, profile, methods, seeds, ablate")
@@ -245,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     _gin_args(bench, tracked=False)
     bench.add_argument("--params", default=None, help="bench every method of params.yaml (experiment and profile "
                        "from it; --bind still applies) instead of the --gin files")
+    bench.add_argument("--profile", default=None, help="bench a paper profile (e.g. paper-cifar10) on random images of "
+                       "its dataset's shape at full network sizes: images/s and peak memory per method")
+    bench.add_argument("--experiment", default=None, help="with --profile: gin/experiments/<name>.gin "
+                       "(default: the dataset's ResNet-34 -> ResNet-18 pair)")
+    bench.add_argument("--methods", nargs="+", default=["dafl", "deepinv", "cmi", "fast", "mosaickd", "dfnd"],
+                       help="with --profile: methods to bench")
+    bench.add_argument("--steps", type=int, default=3, help="with --profile: student steps timed per method")
+    bench.add_argument("--synthesis-steps", type=int, default=2,
+                       help="with --profile: optimisation steps per timed synthesis round (the full round is projected)")
     bench.set_defaults(run=_bench)
 
     diag = verbs.add_parser("diagnose", help="class-proportion shift and Frechet distance of substitution data")
@@ -264,7 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
+    launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
     try:
+        if launched:  # started by torchrun: join the process group first (torch imported only then)
+            from repro import distributed
+
+            distributed.init_from_env()
         run(args)
     except UserError as exc:
         if os.environ.get("REPRO_DEBUG"):
@@ -274,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the last complete checkpoint is kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if launched:
+            distributed.shutdown()
     return 0
 
 

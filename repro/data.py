@@ -238,17 +238,85 @@ class ImageFolderDataset(RealDataset):
 
     def _load_split(self, name: str, augment: bool) -> Dataset:
         from torchvision.datasets import ImageFolder
+        from torchvision.datasets.folder import default_loader, find_classes
 
         folder = self.root / ("train" if name == "train" else "val")
         # Tiny-ImageNet at 64 px is trained with crop-and-pad like CIFAR; larger images use resized crops.
         padding = 8 if self.spec.image_size <= 64 else None
-        dataset = ImageFolder(str(folder), transform=_image_transform(self.spec, augment, padding))
+        size = self.spec.image_size
+
+        def load(path: str):
+            try:
+                image = default_loader(path)
+            except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+                raise UserError(f"{path} is not a readable image ({type(exc).__name__}): remove or replace it") from None
+            # Crop-and-pad keeps the stored size, so every image must already have it (no silent resize).
+            if padding is not None and image.size != (size, size):
+                raise UserError(f"{path} is {image.size[0]}x{image.size[1]} pixels but ImageFolderDataset.image_size "
+                                f"is {size}: resize the images or bind image_size to their size")
+            return image
+
+        try:
+            dataset = ImageFolder(str(folder), transform=_image_transform(self.spec, augment, padding), loader=load)
+            other = find_classes(str(self.root / ("val" if name == "train" else "train")))[0]
+        except (FileNotFoundError, OSError) as exc:  # e.g. a class folder with no image in it
+            raise UserError(f"{folder} is not a usable image folder ({str(exc).splitlines()[0]}): it needs one folder "
+                            "per class, each with at least one image") from None
         if len(dataset.classes) != self.spec.num_classes:
             raise UserError(
                 f"{folder} has {len(dataset.classes)} class folders but num_classes is {self.spec.num_classes}: "
                 "bind ImageFolderDataset.num_classes to the right count or fix the folder"
             )
+        if dataset.classes != other:  # labels are class-folder indices: both splits must list the same classes
+            differ = sorted(set(dataset.classes) ^ set(other))[:5]
+            raise UserError(f"{self.root}/train and {self.root}/val have different class folders (e.g. {', '.join(differ)}): "
+                            "give both splits the same classes")
         return dataset
 
     def describe(self) -> dict:
         return {"name": self.spec.name, "source": "torchvision.datasets.ImageFolder", "root": str(self.root)}
+
+
+# Shapes of the datasets FakeImages can stand in for: (classes, image size, normalisation).
+_FAKE_LIKE = {
+    "cifar10": (10, 32, _CIFAR_STATS["cifar10"]),
+    "cifar100": (100, 32, _CIFAR_STATS["cifar100"]),
+    "tiny_imagenet": (200, 64, _IMAGENET_STATS),
+    "imagenet": (1000, 224, _IMAGENET_STATS),
+}
+
+
+@gin.configurable
+class FakeImages(RealDataset):
+    """Random images (torchvision ``FakeData``) with the spec of a real dataset, e.g. CIFAR-100.
+
+    For tests and ``repro bench`` of CIFAR/ImageNet-shaped code paths where the data cannot be
+    downloaded: the networks, budgets and memory are those of the real experiment; accuracies
+    mean nothing. Each split draws from its own seed range.
+    """
+
+    def __init__(self, like: str = "cifar10", size: int = 256) -> None:
+        super().__init__()
+        if like not in _FAKE_LIKE:
+            raise UserError(f"FakeImages.like = {like!r} is unknown: use one of {', '.join(_FAKE_LIKE)}")
+        if size <= 0:
+            raise UserError(f"FakeImages.size = {size} is invalid: it must be a positive integer")
+        classes, image_size, (mean, std) = _FAKE_LIKE[like]
+        self.size = size
+        self.spec = DataSpec(name=like, num_classes=classes, channels=3, image_size=image_size, mean=mean, std=std)
+
+    def available_splits(self) -> Sequence[str]:
+        return SPLITS
+
+    def _load_split(self, name: str, augment: bool) -> Dataset:
+        from torchvision import transforms
+        from torchvision.datasets import FakeData
+
+        offset = {"train": 0, "heldout": 1, "test": 2}[name] * 1_000_003
+        return FakeData(size=self.size, image_size=(3, self.spec.image_size, self.spec.image_size),
+                        num_classes=self.spec.num_classes, random_offset=offset,
+                        transform=transforms.Compose([transforms.ToTensor(),
+                                                      transforms.Normalize(self.spec.mean, self.spec.std)]))
+
+    def describe(self) -> dict:
+        return {"name": self.spec.name, "source": "torchvision.datasets.FakeData (random images)", "size": self.size}

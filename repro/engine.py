@@ -6,6 +6,7 @@ checkpoint/resume and progress output, and never asks which method it runs.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from repro import checkpoint
+from repro import checkpoint, distributed
 from repro.data import DataSpec
 from repro.errors import TrainingDiverged, UserError
 from repro.evaluate import accuracy
@@ -41,6 +42,21 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available: bind Trainer.device = 'cpu' or 'auto'")
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` ('auto' | 'fp32' | 'bf16') on ``device``; None = full fp32.
+
+    'auto' is bf16 on a CUDA device that supports it and fp32 elsewhere: on the CPU, bf16 autocast is
+    slower than fp32 for these network sizes and would change the CPU reference numbers.
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"Trainer.precision = {precision!r} is invalid: use 'auto', 'fp32' or 'bf16'")
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16
 
 
 def _rng_state() -> dict[str, Any]:
@@ -85,6 +101,9 @@ class Trainer:
         student_steps_per_round: int = 1,
         device: str = "auto",
         monitor_every: int = 1,
+        precision: str = "auto",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size),
                             ("student_steps_per_round", student_steps_per_round), ("monitor_every", monitor_every)):
@@ -97,6 +116,16 @@ class Trainer:
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
         self.student_steps_per_round, self.monitor_every = student_steps_per_round, monitor_every
         self.device = resolve_device(device)
+        # GPU efficiency (issue: paper scale). bf16 autocast needs no loss scaling; channels_last helps
+        # convolutions on tensor cores; Module.compile() compiles in place, so methods keep calling
+        # the same module objects. All three apply on CUDA only: CPU runs stay the fp32 reference.
+        self.autocast = autocast_dtype(precision, self.device)
+        self.channels_last = channels_last and self.device.type == "cuda"
+        self.compile = compile
+        self.world = distributed.world_size()
+        if batch_size % self.world:
+            raise UserError(f"Trainer.batch_size ({batch_size}) must be divisible by the {self.world} processes "
+                            "torchrun started: it is the global batch, split evenly over ranks")
 
     def fit(
         self,
@@ -117,34 +146,57 @@ class Trainer:
         (monitoring only). ``checkpoint_path``: where the full state is saved after every epoch and
         resumed from when it matches ``fingerprint``.
         """
-        tracker = tracker or NullTracker()
+        main = distributed.is_main()
+        tracker = (tracker or NullTracker()) if main else NullTracker()
+        if self.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+            teacher = teacher.to(self.device, memory_format=torch.channels_last) if teacher is not None else None
         model = method.setup(teacher, student.to(self.device), spec, self.device).to(self.device)
+        if self.compile:
+            for module in (student, teacher):
+                if module is not None:
+                    module.compile()
+        distributed.broadcast_state(model)
+        if self.world > 1:
+            # Same initial weights on every rank (seeded alike, then broadcast); different synthesis
+            # noise per rank from here on, so ranks contribute different substitution data.
+            seed_everything(torch.initial_seed() + 1_000_003 * distributed.rank())
         trained = [p for p in model.parameters() if p.requires_grad] + list(method.trainable_parameters())
         optimizer = build_optimizer(self.make_optimizer, trained, "student")
         scheduler = build_scheduler(self.make_scheduler, optimizer, "student") if self.make_scheduler else None
         start_epoch = self._resume(checkpoint_path, fingerprint, model, optimizer, scheduler, method)
+        if start_epoch and self.world > 1:  # the checkpoint holds rank 0's generators: re-offset the others
+            seed_everything(torch.initial_seed() + 1_000_003 * distributed.rank())
         rounds = self.steps_per_epoch // self.student_steps_per_round
-        interactive = sys.stdout.isatty()
+        batch_size = self.batch_size // self.world
+        interactive = sys.stdout.isatty() and main
         for epoch in range(start_epoch, self.epochs):
             began = time.perf_counter()
             method.on_epoch_start(epoch)
+            distributed.broadcast_state(model)  # e.g. a dictionary built this epoch: rank 0's for all
             sums: dict[str, torch.Tensor | float] = defaultdict(float)
             counts: dict[str, int] = defaultdict(int)
             for round_index in self._progress(range(rounds), label, epoch, interactive):
-                for name, value in method.synthesize().items():
+                with self._autocast():
+                    synthesized = method.synthesize()
+                for name, value in synthesized.items():
                     sums[name] += value
                     counts[name] += 1
                 model.train()
                 for _ in range(self.student_steps_per_round):
-                    terms = method.student_loss(method.sample(self.batch_size))
+                    with self._autocast():
+                        terms = method.student_loss(method.sample(batch_size))
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
+                    distributed.average_gradients(trained)
                     optimizer.step()
                     for name, value in terms.items():
-                        sums[f"student/{name}"] += value.detach()
+                        sums[f"student/{name}"] += value.detach().float()
                         counts[f"student/{name}"] += 1
-                # One host sync per round: a NaN is caught before it is checkpointed.
-                if not torch.isfinite(torch.as_tensor(sums["student/loss"])):
+                # One host sync per round: a NaN is caught before it is checkpointed (on any rank:
+                # the loss sum is reduced, so every rank stops together).
+                loss_sum = distributed.mean_over_ranks({"loss": sums["student/loss"]})["loss"]
+                if not torch.isfinite(torch.as_tensor(loss_sum)):
                     step = epoch * self.steps_per_epoch + (round_index + 1) * self.student_steps_per_round
                     kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path else "nothing was saved"
                     raise TrainingDiverged(
@@ -153,25 +205,33 @@ class Trainer:
             if scheduler is not None:
                 scheduler.step()
             metrics: dict[str, float] = {}
+            sums = distributed.mean_over_ranks(sums)  # per-rank sums of equal counts: their mean
             for name, total in sums.items():
                 mean = (total / counts[name]).cpu()
                 # Vector terms (e.g. per-prototype usage) become one metric per entry.
                 metrics.update({name: float(mean)} if mean.ndim == 0 else
                                {f"{name}/{index:02d}": float(value) for index, value in enumerate(mean)})
             metrics["student/lr"] = optimizer.param_groups[0]["lr"]
-            if monitor_data is not None and ((epoch + 1) % self.monitor_every == 0 or epoch + 1 == self.epochs):
+            if main and monitor_data is not None and ((epoch + 1) % self.monitor_every == 0 or epoch + 1 == self.epochs):
                 metrics["monitor/top1"] = accuracy(model, monitor_data, spec.num_classes, self.device)["top1"]
             metrics["epoch_seconds"] = time.perf_counter() - began
             tracker.log_metrics(metrics, step=epoch + 1)
-            self._report(label, epoch, metrics, interactive)
-            if checkpoint_path is not None:
+            if main:
+                self._report(label, epoch, metrics, interactive)
+            if checkpoint_path is not None and main:
                 checkpoint.save_training_state(checkpoint_path, {
                     "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "method": method.state_dict(), "rng": _rng_state(),
                 })
+            distributed.barrier()  # no rank starts the next epoch before rank 0's checkpoint is on disk
         return model.eval()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def _resume(self, path: Path | None, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: Any, method: DFKDMethod) -> int:

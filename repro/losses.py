@@ -17,8 +17,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     Sec. 2); the batch mean matches the benchmark's ``KLDiv`` (zju-vipa CMI, datafree/criterions.py).
     """
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
+    # The target in log space: generator terms differentiate through the teacher's side, and a
+    # probability target that underflows to 0 has an infinite gradient (NaN generators).
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
 def onehot_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -46,10 +48,11 @@ def jensen_shannon_loss(student_logits: torch.Tensor, teacher_logits: torch.Tens
                         temperature: float = 3.0) -> torch.Tensor:
     """Jensen-Shannon divergence of softened outputs, batch mean (DeepInversion's "Adaptive
     DeepInversion" competition term, Yin et al., CVPR 2020, Eq. 8; the synthesiser *maximises* it)."""
-    p = F.softmax(student_logits / temperature, dim=1)
-    q = F.softmax(teacher_logits / temperature, dim=1)
-    log_m = (0.5 * (p + q)).clamp_min(1e-12).log()
-    return 0.5 * (F.kl_div(log_m, p, reduction="batchmean") + F.kl_div(log_m, q, reduction="batchmean"))
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    log_q = F.log_softmax(teacher_logits / temperature, dim=1)
+    log_m = (0.5 * (log_p.exp() + log_q.exp())).clamp_min(1e-12).log()
+    return 0.5 * (F.kl_div(log_m, log_p, reduction="batchmean", log_target=True)
+                  + F.kl_div(log_m, log_q, reduction="batchmean", log_target=True))
 
 
 def total_variation_loss(images: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,14 @@ def paired_interval(differences: list[float], level: float = 0.95) -> tuple[floa
     return mean - half, mean + half
 
 
+def _teacher_dataset(teacher: dict[str, Any]) -> str | None:
+    """Dataset name from the teacher artefact's config.json (metrics files do not record it); None if unreadable."""
+    try:
+        return str(json.loads((Path(teacher["model"]) / "config.json").read_text())["data"]["name"])
+    except (KeyError, TypeError, OSError, json.JSONDecodeError):
+        return None
+
+
 def collect(metrics_dir: Path) -> dict[str, Any]:
     """Teacher top-1 and one row per baseline, from ``metrics/{teacher.json,students/,kdci/}``."""
     teacher_path = metrics_dir / "teacher.json"
@@ -87,7 +95,10 @@ def collect(metrics_dir: Path) -> dict[str, Any]:
             "backbone_delta": statistics.fmean(backbone_differences) if backbone_differences else None,
             "backbone_delta_ci95": list(backbone_interval) if backbone_interval else None,
         })
-    return {"teacher_top1": float(teacher["top1"]), "teacher_network": teacher.get("network"), "rows": rows}
+    # Dataset and pair let `repro compare` put these rows beside the published cell of the same experiment.
+    students = {m.get("network") for families in table.values() for runs in families.values() for m in runs.values()}
+    return {"teacher_top1": float(teacher["top1"]), "teacher_network": teacher.get("network"), "rows": rows,
+            "dataset": _teacher_dataset(teacher), "student_network": students.pop() if len(students) == 1 else None}
 
 
 def _fmt(mean: float | None, std: float | None) -> str:

@@ -43,10 +43,24 @@ def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
     for key in REQUIRED:
         if key not in params:
             raise UserError(f"{path} has no {key!r}: add it (see README, Profiles and parameters)")
-    if not isinstance(params["methods"], list) or not params["methods"]:
-        raise UserError(f"{path}: methods must be a non-empty list, e.g. [dafl, deepinv]")
-    if not isinstance(params["seeds"], list) or not all(isinstance(s, int) for s in params["seeds"]):
-        raise UserError(f"{path}: seeds must be a list of integers, e.g. [0, 1, 2]")
+    methods, seeds = params["methods"], params["seeds"]
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise UserError(f"{path}: methods must be a non-empty list of names, e.g. [dafl, deepinv], not {methods!r}")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"{path}: methods {methods} lists a method twice: list each once")
+    # bool is an int in Python: `seeds: [yes]` must not become seed 1.
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise UserError(f"{path}: seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2], not {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{path}: seeds {seeds} lists a seed twice: list each once")
+    for key in ("experiment", "profile"):
+        if not isinstance(params[key], str):
+            raise UserError(f"{path}: {key} must be one name, e.g. {key}: {'digits' if key == 'experiment' else 'smoke'}, "
+                            f"not {params[key]!r}")
+    teacher_seed = params.get("teacher_seed", 0)
+    if not isinstance(teacher_seed, int) or isinstance(teacher_seed, bool) or teacher_seed < 0:
+        raise UserError(f"{path}: teacher_seed must be an integer >= 0, not {teacher_seed!r}")
     checks = [("experiment", gin_root / "experiments", [params["experiment"]]),
               ("profile", gin_root / "profiles", [params["profile"]]),
               ("methods", gin_root / "methods", params["methods"])]

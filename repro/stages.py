@@ -7,6 +7,7 @@ or the evaluation, writes one artefact or metrics file, and records one MLflow r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Iterator
 import gin
 import torch
 
-from repro import checkpoint, diagnose
+from repro import checkpoint, diagnose, distributed
 from repro.architecture import NetSpec
 from repro.config import fingerprint, flat_bindings
 from repro.data import DataSpec, RealDataset
@@ -25,7 +26,8 @@ from repro.evaluate import accuracy, write_metrics
 from repro.kdci.model import DeconfoundedStudent
 from repro.methods.base import DFKDMethod
 from repro.methods.supervised import Supervised
-from repro.tracking import NullTracker, git_provenance, open_tracker
+from repro.substitution_views import SubstitutionGrids, log_class_proportions
+from repro.tracking import EpochHook, NullTracker, command_line, git_provenance, open_tracker
 
 
 @gin.configurable
@@ -33,7 +35,23 @@ def run_tags(profile: str = "custom", experiment: str = "custom") -> dict[str, s
     """Tags every MLflow run carries; profile and experiment are bound by the shipped gin files."""
     # DVC exports DVC_STAGE (e.g. "kdci@dafl-0") to the commands it runs.
     return {"profile": profile, "experiment": experiment, "dvc_stage": os.environ.get("DVC_STAGE", "none"),
-            **git_provenance()}
+            "command": command_line(), **git_provenance()}
+
+
+@gin.configurable
+def profile_scope(datasets: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """Datasets a profile is made for (the paper profiles bind one); empty: any dataset."""
+    return tuple(datasets)
+
+
+def check_profile(dataset: str) -> None:
+    """Refuse a profile meant for another dataset, e.g. paper-cifar100 budgets on the digits pair."""
+    allowed = profile_scope()
+    if allowed and dataset not in allowed:
+        profile = run_tags()["profile"]
+        raise UserError(f"profile {profile!r} is for {'/'.join(allowed)} experiments but this experiment's dataset is "
+                        f"{dataset!r}: also set the experiment, e.g. dvc exp run -S experiment={allowed[0]}_resnet34-resnet18 "
+                        f"-S profile={profile} (gin/experiments/{allowed[0]}_*.gin)")
 
 
 def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
@@ -47,7 +65,7 @@ def _tracked(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> It
     bindings as params. The parsed config is logged first, so a run that dies still shows its input."""
     # Tags (git calls included) are only worked out when there is a run to carry them.
     tracker = (open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()}})
-               if track else NullTracker())
+               if track and distributed.is_main() else NullTracker())  # under torchrun: rank 0 records
     tracker.log_text(gin.config_str(), "parsed_config.gin")
     try:
         yield tracker
@@ -71,9 +89,10 @@ def _register(tracker: NullTracker, out_dir: Path, seed: int) -> None:
     from repro.tracking import registered_name
 
     config = checkpoint.read_config(out_dir)
+    sha = config["files"][checkpoint.WEIGHTS_FILE]
+    tracker.set_tags({"weights_sha256": sha})  # what `repro audit` matches evaluations and versions by
     tracker.register_model(registered_name(config), out_dir, {
-        "weights_sha256": config["files"][checkpoint.WEIGHTS_FILE], "seed": str(seed), "artefact": str(out_dir)},
-        alias=f"seed{seed}")
+        "weights_sha256": sha, "seed": str(seed), "artefact": str(out_dir)}, alias=f"seed{seed}")
 
 
 @gin.configurable(denylist=["out_dir", "metrics_path", "checkpoint_root", "track"])
@@ -82,6 +101,7 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
     """Train the teacher on the real training split; save it and its test metrics."""
     seed_everything(seed)
     spec = dataset.spec
+    check_profile(spec.name)
     train, test = dataset.split("train", augment=True), dataset.split("test")
     model = network.build(num_classes=spec.num_classes, in_channels=spec.channels)
     with gin.config_scope("teacher"):
@@ -91,8 +111,10 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
                   {"dataset": spec.name, "network": network.name, "seed": seed, "method": "supervised"}, track) as tracker:
         model = trainer.fit(method, model, spec, monitor_data=test, checkpoint_path=ckpt,
                             fingerprint=fingerprint("teacher", gin.config_str()), tracker=tracker, label="teacher")
+        if not distributed.is_main():
+            return {}  # rank 0 evaluates and writes
         metrics = {**accuracy(model, test, spec.num_classes, trainer.device), "model": str(out_dir), "role": "teacher",
-                   "network": network.name, "seed": seed}
+                   "network": network.name, "seed": seed, "mlflow_run_id": tracker.run_id}
         config = {"role": "teacher", "architecture": network.to_dict(), "data": spec.to_dict(),
                   "dataset": dataset.describe(), "method": method.describe(), "seed": seed}
         checkpoint.save_artefact(out_dir, model, config, gin.operative_config_str())
@@ -108,16 +130,20 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
 @gin.configurable(denylist=["teacher_dir", "out_dir", "checkpoint_root", "track"])
 def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True, *,
             method: DFKDMethod = gin.REQUIRED, student: NetSpec = gin.REQUIRED, seed: int = 0,
-            monitor_dataset: RealDataset | None = None, substitution_sample_size: int = 2048) -> Path:
+            monitor_dataset: RealDataset | None = None, substitution_sample_size: int = 2048,
+            substitution_grid_every: int | None = None) -> Path:
     """Distil a student from the teacher artefact with a data-free ``method``; save the student.
 
     Opens no real data: class count, image shape and normalisation come from the teacher's artefact.
     ``monitor_dataset`` (off by default) logs test top-1 per epoch for curves, never for selection.
     ``substitution_sample_size`` substitution images are recorded through the teacher's eyes
-    (features, predictions) for ``repro diagnose``; 0 records none.
+    (features, predictions) for ``repro diagnose`` and the MLflow class-proportion plot; 0 records none.
+    ``substitution_grid_every``: log a grid of substitution images every that many epochs and at the
+    last (None: about four grids per run; 0: none).
     """
     teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
     spec = DataSpec.from_dict(teacher_config["data"])
+    check_profile(spec.name)
     seed_everything(seed)
     model = student.build(num_classes=spec.num_classes, in_channels=spec.channels)
     with gin.config_scope("student"):
@@ -126,11 +152,17 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     monitor = monitor_dataset.split("test") if monitor_dataset is not None else None
     ckpt = _checkpoint_path(checkpoint_root, out_dir)
     tags = {"dataset": spec.name, "method": described["name"], "network": student.name,
-            "teacher": teacher_config["architecture"]["name"], "seed": seed, "kdci": str("kdci" in described).lower()}
+            "teacher": teacher_config["architecture"]["name"], "seed": seed, "kdci": str("kdci" in described).lower(),
+            "pair": f"{teacher_config['architecture']['name']}->{student.name}",
+            "teacher_weights_sha256": teacher_config["files"][checkpoint.WEIGHTS_FILE]}
     with _tracked(f"distill-{described['name']}-seed{seed}", "distill", tags, track) as tracker:
+        every = max(1, round(trainer.epochs / 4)) if substitution_grid_every is None else substitution_grid_every
+        hook = EpochHook(tracker, SubstitutionGrids(method, spec, tracker, every, trainer.epochs))
         trained = trainer.fit(method, model, spec, teacher, monitor_data=monitor, checkpoint_path=ckpt,
                               fingerprint=fingerprint("distill", gin.config_str(), teacher_config["files"]["model.safetensors"]),
-                              tracker=tracker, label=f"distill {described['name']} seed {seed}")
+                              tracker=hook, label=f"distill {described['name']} seed {seed}")
+        if not distributed.is_main():
+            return out_dir  # rank 0 writes the artefact
         described = method.describe()  # after setup: now includes what it loaded (e.g. the pool's record)
         config = {"role": "student", "architecture": student.to_dict(), "data": spec.to_dict(),
                   "dataset": teacher_config.get("dataset", {}), "method": described, "seed": seed,
@@ -143,9 +175,14 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
 
             sample = diagnose.sample_substitution_data(method, teacher, substitution_sample_size)
             files[diagnose.SAMPLE_FILE] = lambda path: save_file(sample, str(path))
+            if tracker.run_id is not None:
+                log_class_proportions(tracker, sample["predictions"], spec.num_classes,
+                                      f"{described['name']} seed {seed}: teacher-predicted classes")
         checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str(), files)
         _log_outputs(tracker, out_dir, None)
         _register(tracker, out_dir, seed)
+        tracker.log_text(json.dumps({"mlflow_run_id": tracker.run_id, "epoch": hook.last_step, **hook.last_metrics},
+                                    indent=2, sort_keys=True) + "\n", "final_metrics.json")
     shutil.rmtree(ckpt.parent, ignore_errors=True)
     print(f"student {student.name} by {described['name']} (seed {seed}) -> {out_dir}")
     return out_dir
@@ -167,7 +204,11 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
     target = resolve_device(device)
     method = config.get("method", {}).get("name", "unknown")
     tags = {"dataset": actual.name, "method": method, "network": config["architecture"]["name"],
-            "seed": config.get("seed"), "role": config.get("role")}
+            "seed": config.get("seed"), "role": config.get("role"), "kdci": str("kdci" in config.get("method", {})).lower(),
+            "weights_sha256": config["files"][checkpoint.WEIGHTS_FILE]}
+    if "teacher" in config:  # a student: which teacher it learnt from
+        tags.update(pair=f"{config['teacher']['architecture']['name']}->{config['architecture']['name']}",
+                    teacher_weights_sha256=config["teacher"]["sha256"])
     with _tracked(f"evaluate-{method}-seed{config.get('seed')}", "evaluate", tags, track) as tracker:
         test = dataset.split("test")
         metrics = accuracy(model.to(target), test, actual.num_classes, target, batch_size)
@@ -179,7 +220,8 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
             metrics.update({"backbone_top1": backbone["top1"], "backbone_top5": backbone["top5"]})
             tracker.log_metrics({"test/backbone_top1": backbone["top1"]})
         metrics.update({"model": str(model_dir), "role": config.get("role"), "method": method,
-                        "network": config["architecture"]["name"], "seed": config.get("seed")})
+                        "network": config["architecture"]["name"], "seed": config.get("seed"),
+                        "mlflow_run_id": tracker.run_id})
         write_metrics(metrics_path, metrics)
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
         tracker.log_artifact(metrics_path)

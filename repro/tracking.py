@@ -2,17 +2,35 @@
 
 A tracker is passed into the code that logs; library users get :class:`NullTracker`. When the
 MLflow store cannot be opened or stops answering, the run goes on and says tracking is off.
+
+Stage runs of one pipeline execution are nested under a parent run (MLflow's ``mlflow.parentRunId``
+tag). ``dvc repro`` starts every stage as its own process, so the execution is identified by
+:func:`pipeline_key`: ``REPRO_PIPELINE_RUN`` when set, else the nearest ``dvc`` ancestor process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
+import shlex
 import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
+
+from repro.errors import UserError
 
 EXPERIMENT = "kdci-repro"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+PIPELINE_ENV = "REPRO_PIPELINE_RUN"
+PIPELINE_KEY_TAG = "pipeline_key"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+# Tags a parent run copies from its first stage: what the whole execution shares.
+_PIPELINE_TAGS = ("git_commit", "git_dirty", "profile", "experiment")
 
 
 def default_tracking_uri() -> str:
@@ -32,11 +50,121 @@ def git_provenance(cwd: Path | None = None) -> dict[str, str]:
     return {"git_commit": commit or "unknown", "git_dirty": str(dirty).lower()}
 
 
+def command_line() -> str:
+    """The command this process runs, as a user would type it (``repro distill --gin ...``)."""
+    ours = bool(sys.argv) and Path(sys.argv[0]).name in ("repro", "cli.py")  # console script or -m repro.cli
+    return shlex.join(["repro", *sys.argv[1:]] if ours else sys.argv)
+
+
+def _process(pid: int) -> tuple[str, int, str, list[str]] | None:
+    """``(comm, parent pid, start time in clock ticks since boot, argv)`` from /proc, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: the fields after it start at the last ')'.
+    comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+    return comm, int(fields[1]), fields[19], [arg.decode(errors="replace") for arg in argv if arg]
+
+
+def _is_dvc(comm: str, argv: list[str]) -> bool:
+    # `dvc` is a Python script: comm is "dvc" and argv is [python, .../dvc, verb]; `python -m dvc` too.
+    program = Path(argv[0]).name if argv else ""
+    script = Path(argv[1]).name if len(argv) > 1 else ""
+    by_python = program.startswith("python") and (script == "dvc" or argv[1:3] == ["-m", "dvc"])
+    return comm == "dvc" or program == "dvc" or by_python
+
+
+def pipeline_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """Which pipeline execution this process belongs to, or None when it runs on its own.
+
+    ``REPRO_PIPELINE_RUN`` (set by a user or CI) wins. Otherwise the nearest ``dvc`` ancestor
+    process: its pid and start time (and the boot id) name one ``dvc repro`` / ``dvc exp run``
+    execution; each queued experiment runs under its own ``dvc exp exec-run`` process.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(PIPELINE_ENV):
+        return re.sub(r"[^\w.:@/+-]", "_", environ[PIPELINE_ENV])[:200]  # safe inside a search filter
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return None  # no /proc (macOS, Windows): only the environment variable groups runs
+    pid = os.getppid()
+    for _ in range(64):  # a bounded walk up to init
+        found = _process(pid) if pid > 1 else None
+        if found is None:
+            return None
+        comm, parent, started, argv = found
+        if _is_dvc(comm, argv):
+            return f"dvc:{boot}:{pid}:{started}"
+        pid = parent
+    return None
+
+
+@contextlib.contextmanager
+def _key_lock(uri: str, key: str) -> Iterator[None]:
+    """Serialise find-or-create of one execution's parent run between processes of this machine
+    (``dvc exp`` queue workers, ``dvc repro`` of parallel stages)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; stages of one execution run one after another anyway
+        yield
+        return
+    digest = hashlib.sha256(f"{uri}\0{key}".encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"repro-pipeline-{digest}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast on an HTTP store nobody answers (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered (a proxy or a server without /health): the store decides
+    except OSError as exc:
+        raise ConnectionError(f"{uri} does not answer ({getattr(exc, 'reason', exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def pipeline_parent(client: Any, uri: str, experiment_id: str, key: str, tags: Mapping[str, str]) -> str:
+    """The parent run of pipeline execution ``key``: found by its key tag, else created (named
+    ``pipeline <commit> <date>``, with the stage's commit, profile and experiment) by the first stage
+    to ask; a file lock keeps two processes of this machine from both creating it."""
+    with _key_lock(uri, key):
+        found = client.search_runs([experiment_id], f"tags.{PIPELINE_KEY_TAG} = '{key}' and tags.stage = 'pipeline'",
+                                   order_by=["attributes.start_time ASC"], max_results=1)
+        if found:
+            parent = found[0].info.run_id
+            client.update_run(parent, status="RUNNING")  # a stage of it runs again
+            return parent
+        name = f"pipeline {tags.get('git_commit', 'unknown')[:7]} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        shared = {name_: tags[name_] for name_ in _PIPELINE_TAGS if name_ in tags}
+        run = client.create_run(experiment_id, run_name=name, tags={
+            "stage": "pipeline", PIPELINE_KEY_TAG: key, **shared,
+            "mlflow.note.content": "One pipeline execution; its stage runs are nested under it."})
+        return run.info.run_id
+
+
 class NullTracker:
     """Records nothing; what the library uses unless a tracker is given."""
 
     run_id: str | None = None
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def log_params(self, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
@@ -46,18 +174,31 @@ class NullTracker:
 
 
 class MlflowTracker(NullTracker):
-    """One MLflow run: tags, params, per-epoch metrics and artefacts."""
+    """One MLflow run: tags, params, per-epoch metrics and artefacts; nested under the parent run of
+    its pipeline execution when ``pipeline`` (a :func:`pipeline_key`) is given."""
 
     def __init__(self, run_name: str, tags: Mapping[str, str], uri: str | None = None,
-                 experiment: str = EXPERIMENT) -> None:
+                 experiment: str = EXPERIMENT, pipeline: str | None = None) -> None:
         import mlflow
+        from mlflow.tracking import MlflowClient
 
         self._mlflow = mlflow
         self.uri = uri or default_tracking_uri()
+        _check_reachable(self.uri)
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(experiment)
-        self._run = mlflow.start_run(run_name=run_name, tags=dict(tags))
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+        self._client = MlflowClient(self.uri)
+        tags = dict(tags)
+        self.parent_id = None
+        if pipeline is not None:
+            self.parent_id = pipeline_parent(self._client, self.uri, experiment_id, pipeline, tags)
+            tags.update({PARENT_TAG: self.parent_id, PIPELINE_KEY_TAG: pipeline})
+        self._run = mlflow.start_run(run_name=run_name, tags=tags)
         self.run_id = self._run.info.run_id
+        self._stage = tags.get("dvc_stage") if tags.get("dvc_stage", "none") != "none" else tags.get("stage", run_name)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._mlflow.set_tags({key: str(value) for key, value in tags.items()})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         clipped = {key[:250]: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()}
@@ -77,6 +218,12 @@ class MlflowTracker(NullTracker):
 
     def finish(self, failed: bool = False) -> None:
         self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
+        if self.parent_id is not None:
+            # The parent ends with its latest stage; a failed stage keeps it FAILED.
+            if failed:
+                self._client.set_tag(self.parent_id, "failed_stage", self._stage)
+            failed = failed or "failed_stage" in self._client.get_run(self.parent_id).data.tags
+            self._client.set_terminated(self.parent_id, status="FAILED" if failed else "FINISHED")
 
     def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
         """Log the artefact folder (safetensors weights included) as this run's ``model`` artifacts and
@@ -107,10 +254,10 @@ class _GuardedTracker(NullTracker):
         try:
             getattr(self._inner, name)(*args, **kwargs)
         except Exception as exc:  # any store failure: keep training, stop tracking
-            print(f"note: MLflow tracking is off for the rest of this run ({type(exc).__name__}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else ''})")
+            print(f"note: MLflow tracking is off for the rest of this run ({_first_line(exc)})")
             self._inner = None
 
+    def set_tags(self, tags: Mapping[str, Any]) -> None: self._call("set_tags", tags)
     def log_params(self, params: Mapping[str, Any]) -> None: self._call("log_params", params)
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: self._call("log_metrics", metrics, step)
     def log_artifact(self, path: Path, folder: str | None = None) -> None: self._call("log_artifact", path, folder)
@@ -121,14 +268,40 @@ class _GuardedTracker(NullTracker):
 
 
 def open_tracker(run_name: str, tags: Mapping[str, str]) -> NullTracker:
-    """An MLflow tracker for a stage run, or a null one (with a note) if the store cannot be opened."""
+    """An MLflow tracker for a stage run (nested under its pipeline execution's parent run, if any),
+    or a null one (with a one-line note) if the store cannot be opened."""
     uri = default_tracking_uri()
     try:
-        return _GuardedTracker(MlflowTracker(run_name, tags, uri))
+        return _GuardedTracker(MlflowTracker(run_name, tags, uri, pipeline=pipeline_key()))
     except Exception as exc:  # locked/unreachable store, bad URI: the run must not be lost for it
-        print(f"note: MLflow tracking is off: could not open {uri} ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0] if str(exc) else ''}); set MLFLOW_TRACKING_URI to a working store")
+        print(f"note: MLflow tracking is off: could not open {uri} ({_first_line(exc)}); "
+              "set MLFLOW_TRACKING_URI to a working store")
         return NullTracker()
+
+
+class EpochHook(NullTracker):
+    """A tracker that forwards everything to ``inner`` and calls ``on_epoch(epoch)`` after each
+    per-epoch ``log_metrics`` (the Trainer logs once per epoch with ``step = epoch``): how a stage
+    adds per-epoch artefacts without the Trainer knowing. Keeps the last epoch's metrics."""
+
+    def __init__(self, inner: NullTracker, on_epoch: Callable[[int], None]) -> None:
+        self.inner, self.on_epoch, self.run_id = inner, on_epoch, inner.run_id
+        self.last_metrics: dict[str, float] = {}
+        self.last_step: int | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.log_metrics(metrics, step)
+        if step is not None:
+            self.last_metrics, self.last_step = dict(metrics), step
+            self.on_epoch(step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: self.inner.set_tags(tags)
+    def log_params(self, params: Mapping[str, Any]) -> None: self.inner.log_params(params)
+    def log_artifact(self, path: Path, folder: str | None = None) -> None: self.inner.log_artifact(path, folder)
+    def log_text(self, text: str, name: str) -> None: self.inner.log_text(text, name)
+    def finish(self, failed: bool = False) -> None: self.inner.finish(failed)
+    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
+        self.inner.register_model(name, folder, tags, alias)
 
 
 def registered_name(config: Mapping[str, Any]) -> str:
@@ -165,7 +338,7 @@ def tag_published(model_dir: Path, repo_id: str, revision: str) -> None:
         if not tagged:
             print(f"note: no MLflow model version holds {model_dir}'s weights; nothing tagged")
     except Exception as exc:  # the upload happened; a store problem must not hide that
-        print(f"note: MLflow registry not updated ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        print(f"note: MLflow registry not updated ({_first_line(exc)})")
 
 
 def list_registry() -> list[dict[str, str]]:
@@ -190,3 +363,61 @@ def format_registry(rows: list[dict[str, str]]) -> str:
     lines += [f"| {r['name']} | {r['version']} | {r['aliases']} | {r['run_id'][:8]} | {r['hub'] or '—'} | "
               f"{r['revision'][:10] or '—'} |" for r in rows]
     return "\n".join(lines)
+
+
+def _run_summary(run: Any) -> dict[str, Any]:
+    return {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
+            "start_time": run.info.start_time, "end_time": run.info.end_time,
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+            "parent_id": run.data.tags.get(PARENT_TAG),
+            "params": dict(run.data.params), "metrics": dict(run.data.metrics)}
+
+
+def _version_summary(client: Any, version: Any) -> dict[str, Any]:
+    aliases = client.get_model_version(version.name, version.version).aliases  # search results omit them
+    return {"name": version.name, "version": str(version.version), "run_id": version.run_id,
+            "aliases": sorted(aliases or []), "tags": dict(version.tags or {})}
+
+
+def run_record(run_id: str) -> dict[str, Any]:
+    """What the store holds about one run, for ``repro audit``: the run (name, status, tags, params,
+    latest metrics), its artefact paths, its pipeline's parent run, the model versions it registered
+    and, for a run that used weights it did not make (evaluation), the versions and runs that made them."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = default_tracking_uri()
+    try:
+        _check_reachable(uri)
+        client = MlflowClient(uri)
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise UserError(f"no MLflow run {run_id!r} in {uri}: check the id (`mlflow ui` lists runs) or set "
+                            "MLFLOW_TRACKING_URI to the store that recorded it") from None
+        raise UserError(f"cannot read MLflow run {run_id!r} from {uri} ({_first_line(exc)})") from None
+    except Exception as exc:  # locked or unreachable store
+        raise UserError(f"cannot read the MLflow store {uri} ({_first_line(exc)}): set MLFLOW_TRACKING_URI "
+                        "to the store that recorded the run") from None
+
+    def artifacts(path: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for item in client.list_artifacts(run_id, path):
+            found += artifacts(item.path) if item.is_dir else [{"path": item.path, "size": item.file_size}]
+        return found
+
+    record = _run_summary(run)
+    record.update(store=uri, experiment=client.get_experiment(run.info.experiment_id).name, artifacts=artifacts(),
+                  command=run.data.tags.get("command", ""), parent=None, registered=[], producers=[])
+    if record["parent_id"]:
+        with contextlib.suppress(MlflowException):  # a deleted parent: the child still stands
+            record["parent"] = _run_summary(client.get_run(record["parent_id"]))
+    record["registered"] = [_version_summary(client, v) for v in client.search_model_versions(f"run_id = '{run_id}'")]
+    sha = run.data.tags.get("weights_sha256", "")
+    if sha and not record["registered"] and re.fullmatch(r"[0-9a-f]{64}", sha):
+        for version in client.search_model_versions(f"tags.weights_sha256 = '{sha}'"):
+            producer = _version_summary(client, version)
+            with contextlib.suppress(MlflowException):
+                producer["run"] = _run_summary(client.get_run(version.run_id))
+            record["producers"].append(producer)
+    return record

@@ -41,7 +41,8 @@ def _clone_work_tree(target: Path) -> None:
 def smoke_project(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     project = tmp_path_factory.mktemp("project")
     _clone_work_tree(project)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # No REPRO_PIPELINE_RUN: the stages find their execution through the `dvc` process above them.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "REPRO_PIPELINE_RUN")}
     env["DVC_NO_ANALYTICS"] = "1"
     result = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=900)
     return project, result
@@ -97,10 +98,19 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
     project, _ = smoke_project
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("kdci-repro")
-    runs = client.search_runs([experiment.experiment_id])
-    stages = sorted(run.data.tags["stage"] for run in runs)
-    assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["teacher"]
-    kdci_runs = [run for run in runs if run.data.tags.get("kdci") == "true"]
+    every = client.search_runs([experiment.experiment_id])
+    stages = sorted(run.data.tags["stage"] for run in every)
+    assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["pipeline"] + ["teacher"]
+    (parent,) = [run for run in every if run.data.tags["stage"] == "pipeline"]
+    runs = [run for run in every if run is not parent]
+    # One `dvc repro`, one parent run: every stage process found it through the same dvc ancestor.
+    assert parent.data.tags["pipeline_key"].startswith("dvc:") and parent.info.status == "FINISHED"
+    assert parent.data.tags["profile"] == "smoke" and parent.info.run_name.startswith("pipeline ")
+    assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in runs)
+    cells = [f"{family}@{m}-{s}" for family in ("distill", "kdci") for m in ("dafl", "dfnd") for s in (0, 1)]
+    assert sorted(run.data.tags["dvc_stage"] for run in runs) == sorted(["teacher"] + ["evaluate"] * 8 + cells)
+    distill_runs = [run for run in runs if run.data.tags["stage"] == "distill"]
+    kdci_runs = [run for run in distill_runs if run.data.tags["kdci"] == "true"]
     assert sorted(run.data.tags["dvc_stage"] for run in kdci_runs) == ["kdci@dafl-0", "kdci@dafl-1", "kdci@dfnd-0",
                                                                         "kdci@dfnd-1"]
     for run in kdci_runs:
@@ -117,9 +127,14 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
             assert {"operative_config.gin", "config.json"} <= artefacts
             history = client.get_metric_history(run.info.run_id, "student/loss")
             assert len(history) >= 2  # one point per epoch
+        if run.data.tags["stage"] == "distill":
+            assert run.data.tags["pair"] == "digits_cnn_large->digits_cnn_small"
+            assert {"final_metrics.json", "substitution"} <= artefacts
+            pictures = {item.path for item in client.list_artifacts(run.info.run_id, "substitution")}
+            assert {"substitution/epoch_002.png", "substitution/class_proportions.png"} <= pictures
         else:
             assert "test/top1" in run.data.metrics
-    baseline = next(run for run in runs if run.data.tags.get("kdci") == "false" and run.data.tags["method"] == "dafl")
+    baseline = next(run for run in distill_runs if run.data.tags["kdci"] == "false" and run.data.tags["method"] == "dafl")
     assert baseline.data.params["BASE_METHOD/GenerativeDFKD.entropy_weight"] == "20.0"
     assert kdci_runs[0].data.params["KDCI.num_prototypes"] == "16"
 
@@ -132,9 +147,10 @@ def test_second_repro_does_nothing(smoke_project) -> None:
     assert "Running stage" not in again.stdout
 
 
-def test_mlflow_server_lists_the_runs_over_rest(smoke_project) -> None:
+@pytest.fixture(scope="module")
+def mlflow_server(smoke_project):
     """What `mlflow ui` shows: a real server on 127.0.0.1 over the store the pipeline wrote."""
-    import json as jsonlib
+    import signal
     import socket
     import sys
     import time
@@ -159,23 +175,89 @@ def test_mlflow_server_lists_the_runs_over_rest(smoke_project) -> None:
                 if time.time() > deadline or server.poll() is not None:
                     raise AssertionError("mlflow server did not answer /health")
                 time.sleep(1)
-
-        def post(path: str, body: dict) -> dict:
-            request = urllib.request.Request(f"{base}{path}", data=jsonlib.dumps(body).encode(),
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=20) as response:
-                return jsonlib.loads(response.read())
-
-        experiments = post("/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
-        experiment = next(e for e in experiments if e["name"] == "kdci-repro")
-        runs = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
-        stages = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "stage") for run in runs)
-        assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["teacher"]
-        with urllib.request.urlopen(base + "/", timeout=20) as response:
-            assert response.status == 200 and b"<html" in response.read().lower()
+        yield base
     finally:
-        import os
-        import signal
-
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _post(base: str, path: str, body: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.loads(response.read())
+
+
+def _pipeline_runs(base: str) -> tuple[str, list[dict]]:
+    """The experiment id and its runs, over REST."""
+    experiments = _post(base, "/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
+    experiment = next(e for e in experiments if e["name"] == "kdci-repro")
+    return experiment["experiment_id"], _post(base, "/api/2.0/mlflow/runs/search",
+                                              {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+
+
+def _tag(run: dict, key: str) -> str:
+    return next(t["value"] for t in run["data"]["tags"] if t["key"] == key)
+
+
+def test_mlflow_server_lists_the_runs_over_rest(mlflow_server) -> None:
+    import urllib.request
+
+    _, runs = _pipeline_runs(mlflow_server)
+    stages = sorted(_tag(run, "stage") for run in runs)
+    assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["pipeline", "teacher"]
+    with urllib.request.urlopen(mlflow_server + "/", timeout=20) as response:
+        assert response.status == 200 and b"<html" in response.read().lower()
+
+
+def _browser() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def _render(browser: str, url: str, screenshot: Path, profile: Path) -> tuple[str, str]:
+    """The page's DOM after its scripts ran (the MLflow UI is a JS app), and its text without tags and
+    scripts; a screenshot of it is saved."""
+    command = [browser, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+               f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=20000",
+               f"--screenshot={screenshot}", "--dump-dom", url]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=180).stdout
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S))
+    return dom, re.sub(r"\s+", " ", text).replace("&amp;", "&").replace("&gt;", ">")
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium (`apt-get install chromium`; .ci/run "
+                    "installs it where it can): the MLflow UI browser check needs one")
+def test_mlflow_ui_shows_the_pipeline_its_stage_runs_and_a_substitution_grid(mlflow_server, tmp_path) -> None:
+    """The real UI in headless Chromium: the experiment's runs page lists the pipeline's parent run
+    and counts every run; the parent's page lists stage runs as its children; a KDCI run's artefact
+    page shows its substitution grid. Screenshots are kept in test-artifacts/ ($REPRO_TEST_ARTIFACTS)."""
+    experiment_id, runs = _pipeline_runs(mlflow_server)
+    (parent,) = [run for run in runs if _tag(run, "stage") == "pipeline"]
+    children = [run["info"]["run_name"] for run in runs if run is not parent]
+    shots = Path(os.environ.get("REPRO_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    shots.mkdir(parents=True, exist_ok=True)
+    browser, experiment = _browser(), f"{mlflow_server}/#/experiments/{experiment_id}/runs"
+    print(f"screenshots: {shots}/mlflow-ui-*.png")
+
+    _, listing = _render(browser, experiment, shots / "mlflow-ui-runs.png", tmp_path / "profile")
+    assert "kdci-repro" in listing and parent["info"]["run_name"] in listing, listing[:2000]
+    assert f"{len(runs)} matching runs" in listing, listing[:2000]  # the stage runs are folded under it
+
+    _, page = _render(browser, f"{experiment}/{parent['info']['run_id']}", shots / "mlflow-ui-pipeline-run.png",
+                      tmp_path / "profile")
+    assert "Child runs" in page and parent["info"]["run_id"] in page, page[:2000]
+    shown = [name for name in children if name in page]
+    assert len(shown) >= min(10, len(children)), page[:2000]  # the UI lists ten, then "Load more"
+    assert len(children) <= 10 or "Load more" in page
+
+    kdci = next(run for run in runs if _tag(run, "dvc_stage") == "kdci@dafl-0")
+    dom, page = _render(browser, f"{experiment}/{kdci['info']['run_id']}/artifacts/substitution/epoch_002.png",
+                        shots / "mlflow-ui-substitution-grid.png", tmp_path / "profile")
+    for name in ("class_proportions.png", "epoch_001.png", "confounder_dictionary.safetensors", "final_metrics.json"):
+        assert name in page, name
+    images = re.findall(r'<img[^>]*alt="substitution/epoch_002.png"[^>]*>', dom)
+    assert any('src="blob:' in image for image in images), "the grid image was not shown"
+    for shot in ("mlflow-ui-runs.png", "mlflow-ui-pipeline-run.png", "mlflow-ui-substitution-grid.png"):
+        assert (shots / shot).stat().st_size > 10_000  # a rendered page, not a blank one

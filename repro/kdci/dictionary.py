@@ -62,9 +62,11 @@ class ConfounderDictionary:
         The metadata is one JSON string under one key: safetensors keeps metadata in a hash map whose
         order changes from process to process, so several keys would make identical dictionaries
         differ byte for byte (and in their sha256)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(self.tensors(), str(path), metadata={METADATA_KEY: json.dumps(self.metadata(), sort_keys=True)})
+        from repro.checkpoint import write_durably  # the one write path: fsync'ed, full disk reported in one line
+
+        write_durably(Path(path), save(self.tensors(), metadata={METADATA_KEY: json.dumps(self.metadata(), sort_keys=True)}))
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> "ConfounderDictionary":
@@ -89,17 +91,29 @@ class ConfounderDictionary:
         except (SafetensorError, OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             raise UserError(f"{path} is not a readable safetensors file ({exc}): re-run the kdci stage") from None
         required = {"prototypes", "prior", "pca_mean", "pca_basis", "cluster_sizes"}
-        if not required <= tensors.keys() or "feature_source" not in metadata:
+        if not required <= tensors.keys() or not {"feature_source", "prior"} <= metadata.keys():
             raise UserError(f"{path} is not a confounder dictionary (needs tensors {sorted(required)} and metadata): "
                             "use the confounder_dictionary.safetensors written with the model")
         dictionary = cls.from_tensors(tensors, metadata)
         shape = tuple(dictionary.prototypes.shape)
+        if len(shape) != 2:
+            raise UserError(f"{path} holds prototypes of shape {shape}, not [N, d]: the file is damaged; re-run the kdci stage")
         if (num_prototypes is not None and shape[0] != num_prototypes) or (dim is not None and shape[1] != dim):
             raise UserError(f"{path} holds {shape[0]} prototypes of dimension {shape[1]} but the model expects "
                             f"{num_prototypes} x {dim}: the dictionary belongs to a different KDCI student")
-        if dictionary.prior.shape != (shape[0],) or dictionary.pca_basis.shape[1] != shape[1]:
-            raise UserError(f"{path} has inconsistent shapes (prior {tuple(dictionary.prior.shape)}, basis "
-                            f"{tuple(dictionary.pca_basis.shape)}): the file is damaged; re-run the kdci stage")
+        count, width = shape
+        consistent = (dictionary.prior.shape == (count,) and dictionary.cluster_sizes.shape == (count,)
+                      and dictionary.pca_basis.ndim == 2 and dictionary.pca_basis.shape[1] == width
+                      and dictionary.pca_mean.shape == (dictionary.pca_basis.shape[0],))
+        if not consistent:
+            raise UserError(f"{path} has inconsistent shapes (prototypes {shape}, prior {tuple(dictionary.prior.shape)}, "
+                            f"PCA mean {tuple(dictionary.pca_mean.shape)}, basis {tuple(dictionary.pca_basis.shape)}): "
+                            "the file is damaged; re-run the kdci stage")
+        finite = all(bool(torch.isfinite(tensor).all()) for tensor in dictionary.tensors().values())
+        prior = dictionary.prior.double()
+        if not finite or bool((prior < 0).any()) or abs(float(prior.sum()) - 1.0) > 1e-4:
+            raise UserError(f"{path} holds non-finite values or a prior that is not a distribution: the file is "
+                            "damaged; re-run the kdci stage")
         return dictionary
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro import distributed
 from repro.architecture import NetSpec
 from repro.data import DataSpec
 from repro.errors import UserError
@@ -132,7 +133,8 @@ class CMI(PoolDistillation):
                 optimizer.zero_grad(set_to_none=True)
                 self.head_optim.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                optimizer.step()  # this round's generator and codes: per rank
+                distributed.average_optimizer_gradients(self.head_optim)  # the head persists: shared
                 self.head_optim.step()
                 terms["synthesis_loss"] = loss
         finally:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro import distributed
 from repro.architecture import NetSpec
 from repro.data import DataSpec
 from repro.errors import UserError
@@ -114,6 +115,7 @@ class Fast(PoolDistillation):
         if self.meta == "reptile":  # Reptile: move the meta weights towards the adapted ones
             for meta_p, fast_p in zip(self.generator.parameters(), fast.parameters()):
                 meta_p.grad = (meta_p.detach() - fast_p.detach())
+        distributed.average_optimizer_gradients(self.meta_optim)  # one meta-generator for all ranks
         self.meta_optim.step()
         return best[1], terms
 

@@ -20,7 +20,7 @@ import gin
 import torch
 from torch import nn
 
-from repro import losses
+from repro import distributed, losses
 from repro.architecture import NetSpec
 from repro.data import DataSpec
 from repro.errors import UserError
@@ -108,6 +108,7 @@ class GenerativeDFKD(DFKDMethod):
                         + self.adversarial_weight * terms["adversarial"])
                 self.generator_optim.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_optimizer_gradients(self.generator_optim)
                 self.generator_optim.step()
                 terms["generator_loss"] = loss
         finally:

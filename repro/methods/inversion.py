@@ -121,8 +121,11 @@ def masked_adversarial(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     gets right, so it looks for hard samples without leaving the teacher's decision regions
     (zju-vipa CMI, datafree/synthesis/contrastive.py, ``loss_adv``)."""
     agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float()
-    per_sample = F.kl_div(F.log_softmax(student_logits, dim=1), F.softmax(teacher_logits, dim=1),
-                          reduction="none").sum(dim=1)
+    # In log space: a confident teacher's softmax underflows to exact zeros, where the gradient of
+    # KL with respect to a probability target is -inf, and 0 (mask) * inf poisons the generator with
+    # NaN (seen with an untrained CIFAR-100 WRN-40-2 teacher). log_target keeps it finite.
+    per_sample = F.kl_div(F.log_softmax(student_logits, dim=1), F.log_softmax(teacher_logits, dim=1),
+                          reduction="none", log_target=True).sum(dim=1)
     return -(per_sample * agree).mean()
 
 

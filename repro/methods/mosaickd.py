@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro import losses
+from repro import distributed, losses
 from repro.architecture import NetSpec
 from repro.data import DataSpec
 from repro.methods.base import Batch
@@ -77,6 +77,7 @@ class MosaicKD(PoolSampling):
             + F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)))
         self.discriminator_optim.zero_grad(set_to_none=True)
         loss_d.backward()
+        distributed.average_optimizer_gradients(self.discriminator_optim)
         self.discriminator_optim.step()
 
         was_training = self.student.training
@@ -97,6 +98,7 @@ class MosaicKD(PoolSampling):
                       + self.adversarial_weight * terms["adversarial"] + self.balance_weight * terms["balance"])
             self.generator_optim.zero_grad(set_to_none=True)
             loss_g.backward()
+            distributed.average_optimizer_gradients(self.generator_optim)
             self.generator_optim.step()
         finally:
             self.student.train(was_training)

@@ -9,23 +9,32 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from repro import distributed
 from repro.methods.base import Batch, DFKDMethod
 
 
 class _EpochPermutations:
-    """Index batches from one seeded permutation per pass; resumable from a count of batches."""
+    """Index batches from one seeded permutation per pass; resumable from a count of batches.
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0) -> None:
+    Under torchrun every rank draws the same permutation and takes its own slice of each global
+    batch of ``batch_size * world`` indices (DistributedSampler's split, kept resumable), so N ranks
+    see exactly the batches one process with the global batch would.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
         self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[list[int]]:
-        per_pass = max(1, self.size // self.batch_size)  # drop the ragged tail: constant batch shape
+        global_batch = self.batch_size * self.world
+        per_pass = max(1, self.size // global_batch)  # drop the ragged tail: constant batch shape
         count = self.start
         while True:
             epoch, position = divmod(count, per_pass)
             permutation = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
             for batch in range(position, per_pass):
-                yield permutation[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+                first = batch * global_batch + self.rank * self.batch_size
+                yield permutation[first:first + self.batch_size].tolist()
                 count += 1
 
 
@@ -43,7 +52,8 @@ class Supervised(DFKDMethod):
 
     def sample(self, batch_size: int) -> Batch:
         if self._batches is None or self._batch_size != batch_size:
-            sampler = _EpochPermutations(len(self.train_data), batch_size, self.seed, start=self._consumed)
+            sampler = _EpochPermutations(len(self.train_data), batch_size, self.seed, start=self._consumed,
+                                         rank=distributed.rank(), world=distributed.world_size())
             loader = DataLoader(self.train_data, batch_sampler=sampler, num_workers=self.num_workers,
                                 pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0)
             self._batches, self._batch_size = iter(loader), batch_size
