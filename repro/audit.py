@@ -1,17 +1,23 @@
 """``repro audit RUN_ID|METRICS_JSON``: how a recorded number was produced, from the MLflow record.
 
-Given a run id, or a metrics JSON a stage wrote (it carries ``mlflow_run_id``), prints the run
-(name, status, times), its pipeline execution's parent run, the code (git commit, dirty flag), the
+Given a run id, or a metrics JSON a stage wrote, prints the run (name, status, times), its pipeline
+execution's parent run, the code (git commit, dirty flag), the
 DVC stage and command, tags, the operative gin bindings, the final metrics, the artefacts, the
 teacher and student weights (sha256) and the registered model version. For an evaluation it also
 names the run that trained the evaluated weights (the registered version holding the same sha256).
 The store is read through :mod:`repro.tracking`, the only module that talks to MLflow.
+
+A metrics JSON names no run (a rerun with the same seed must write the same bytes): the run that
+wrote it is the one tagged ``metrics_sha256`` = the sha256 of the file's bytes, searched for in every
+experiment of the store; several such runs (bit-identical reruns) are listed, the newest is shown.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -27,8 +33,41 @@ _SHOWN = {"stage", "dvc_stage", "command", "git_commit", "git_dirty", "weights_s
 _CHECKED_METRICS = ("top1", "top5", "backbone_top1")  # metrics JSON keys the run logs as test/<key>
 
 
-def resolve(reference: str) -> tuple[str, dict[str, Any] | None]:
-    """``(run id, metrics JSON or None)`` for a run id or a metrics JSON path."""
+def _path_forms(path: Path) -> list[str]:
+    """The ways a stage may have been given ``path`` (its ``metrics_file`` tag): as typed, normalised,
+    absolute, and relative to the working directory."""
+    absolute = Path(os.path.abspath(path))
+    forms = [str(path), os.path.normpath(path), str(absolute), str(path.resolve())]
+    for base in (Path.cwd(), Path.cwd().resolve()):
+        try:
+            forms.append(str(absolute.relative_to(base)))
+        except ValueError:
+            pass
+    return list(dict.fromkeys(forms))
+
+
+def _writers(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """``(sha256 of the file, runs that wrote exactly these bytes, newest first)``; a one-line
+    :class:`UserError` naming the fix when no run in the store did."""
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    uri, writers = tracking.runs_tagged("metrics_sha256", [sha])
+    if writers:
+        return sha, writers
+    _, named = tracking.runs_tagged("metrics_file", _path_forms(path))
+    fix = "re-run the stage with tracking on, or set MLFLOW_TRACKING_URI to the store that recorded it"
+    if named:
+        newest = named[0]
+        raise UserError(f"no run in {uri} wrote the current bytes of {path} (sha256 {sha}): the file was changed "
+                        f"or written by a run not in this store; {len(named)} run(s) wrote "
+                        f"{newest['tags'].get('metrics_file', path)} here, the newest is {newest['run_id']} "
+                        f"({newest['name']}): {fix}")
+    raise UserError(f"no run in {uri} wrote {path} (no run tagged with its sha256 {sha} or its path): written with "
+                    f"tracking off or recorded in another store: {fix}")
+
+
+def resolve(reference: str) -> tuple[str, dict[str, Any] | None, str | None, list[str]]:
+    """``(run id, metrics JSON, its sha256, ids of every run that wrote those bytes, newest first)`` for
+    a metrics JSON path (the run is the newest writer); ``(run id, None, None, [])`` for a run id."""
     path = Path(reference)
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
@@ -37,14 +76,11 @@ def resolve(reference: str) -> tuple[str, dict[str, Any] | None]:
             metrics = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError):
             raise UserError(f"{path} is not a JSON file: give a run id or a metrics JSON a stage wrote") from None
-        run_id = metrics.get("mlflow_run_id") if isinstance(metrics, dict) else None
-        if not run_id:
-            raise UserError(f"{path} names no MLflow run (no mlflow_run_id: written with tracking off or before "
-                            "runs were recorded): re-run its stage with tracking on, or give a run id")
-        return str(run_id), metrics
+        sha, writers = _writers(path)
+        return writers[0]["run_id"], metrics if isinstance(metrics, dict) else {}, sha, [w["run_id"] for w in writers]
     if not _RUN_ID.fullmatch(reference):
         raise UserError(f"{reference!r} is neither an MLflow run id (32 hex digits) nor a metrics JSON file")
-    return reference, None
+    return reference, None, None, []
 
 
 def _when(millis: int | None) -> str:
@@ -62,7 +98,8 @@ def _version(version: dict[str, Any]) -> str:
 
 
 def format_record(record: dict[str, Any], metrics_file: dict[str, Any] | None = None,
-                  metrics_path: str | None = None) -> str:
+                  metrics_path: str | None = None, metrics_sha256: str | None = None,
+                  writers: list[str] | tuple[str, ...] = ()) -> str:
     """The audit text of :func:`repro.tracking.run_record`'s dict."""
     tags = record["tags"]
     lines: list[str] = []
@@ -96,7 +133,13 @@ def format_record(record: dict[str, Any], metrics_file: dict[str, Any] | None = 
     if tags.get("weights_sha256") and not record["registered"] and not record["producers"]:
         row("registered", "no model version holds these weights")
     if metrics_file is not None:
-        row("metrics file", str(metrics_path))
+        written_as = tags.get("metrics_file")
+        as_ = f" as {written_as}" if written_as and written_as != str(metrics_path) else ""
+        row("metrics file", f"{metrics_path} (sha256 {metrics_sha256}: these exact bytes were written by this run{as_})"
+            if metrics_sha256 else str(metrics_path))
+        if len(writers) > 1:
+            lines.append(f"  {len(writers)} runs wrote these exact bytes: {', '.join(writers)} "
+                         "(bit-identical reruns; newest first, the newest shown)")
         for key in _CHECKED_METRICS:
             if key in metrics_file and f"test/{key}" in record["metrics"]:
                 logged = record["metrics"][f"test/{key}"]
@@ -115,5 +158,5 @@ def format_record(record: dict[str, Any], metrics_file: dict[str, Any] | None = 
 
 def audit(reference: str) -> str:
     """The audit text for a run id or a metrics JSON path."""
-    run_id, metrics = resolve(reference)
-    return format_record(tracking.run_record(run_id), metrics, reference if metrics is not None else None)
+    run_id, metrics, sha, writers = resolve(reference)
+    return format_record(tracking.run_record(run_id), metrics, reference if metrics is not None else None, sha, writers)

@@ -267,12 +267,15 @@ def load_artefact(artefact_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
         except (TypeError, ValueError, KeyError, RuntimeError) as exc:
             raise UserError(f"{artefact_dir / CONFIG_FILE} has an invalid intervention record ({exc}): the artefact "
                             "is damaged; re-run the kdci stage or pull it again") from None
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"weights in {weights_path} do not fit architecture {config['architecture']['name']!r} "
-                        f"({first}): the config and weights come from different models") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape)
+    if missing or unexpected or reshaped:
+        example = (missing or unexpected or reshaped)[0]
+        raise UserError(f"weights in {weights_path} do not fit architecture {architecture['name']!r} ({len(missing)} "
+                        f"tensors missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape, e.g. "
+                        f"{example!r}): the config and weights come from different models") from None
+    model.load_state_dict(weights, strict=True)
     if "intervention" in config:
         from repro.kdci.dictionary import ConfounderDictionary
 

@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     registry = verbs.add_parser("registry", help="models registered in MLflow and where they are published")
     registry.set_defaults(run=_registry)
 
-    audit = verbs.add_parser("audit", help="how a recorded number was produced: an MLflow run, or the run a "
-                             "metrics JSON names (store: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    audit = verbs.add_parser("audit", help="how a recorded number was produced: an MLflow run, or the run that "
+                             "wrote a metrics JSON's exact bytes (store: MLFLOW_TRACKING_URI or ./mlflow.db)")
     audit.add_argument("reference", metavar="RUN_ID|METRICS_JSON", help="an MLflow run id, or a metrics JSON "
                        "written by a stage (e.g. metrics/kdci/dafl-seed0.json)")
     audit.set_defaults(run=_audit)

@@ -17,6 +17,18 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
+def _unparsable(bindings: list[str]) -> str | None:
+    """The first binding that is not valid gin syntax on its own (to name it in the error)."""
+    from gin import config_parser
+
+    for binding in bindings:
+        try:
+            list(config_parser.ConfigParser(binding, gin.config.ParserDelegate(skip_unknown=True)))
+        except (SyntaxError, tokenize.TokenError):
+            return binding
+    return None
+
+
 def parse(files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None:
     """Clear gin, then parse ``files`` in order and apply ``bindings`` (``NAME=VALUE``) last."""
     import repro.configurables  # noqa: F401  (every name must be known before parsing)
@@ -33,11 +45,17 @@ def parse(files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None:
             if parent.name == "gin":
                 gin.add_config_file_search_path(str(parent.parent))
                 break
+    bindings = list(bindings)
     try:
-        gin.parse_config_files_and_bindings([str(f) for f in files], list(bindings), finalize_config=False)
+        gin.parse_config_files_and_bindings([str(f) for f in files], bindings, finalize_config=False)
     except (SyntaxError, tokenize.TokenError) as exc:
-        where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.filename else ""
-        raise UserError(f"gin syntax error{where}: {_first_line(exc)}; fix the gin file or --bind value") from None
+        culprit = _unparsable(bindings)
+        if culprit is not None:
+            where = f" in --bind {culprit!r}"
+        else:
+            where = f" ({exc.filename}, line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.filename else ""
+        reason = exc.args[0] if isinstance(exc, tokenize.TokenError) else _first_line(exc)
+        raise UserError(f"gin syntax error{where}: {reason}; fix the gin file or --bind value") from None
     except (ValueError, KeyError, TypeError, IOError) as exc:
         raise UserError(f"gin config error: {_first_line(exc)}; check the spelling against `repro names`") from None
 

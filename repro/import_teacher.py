@@ -11,8 +11,9 @@ artefact folder ``repro train-teacher`` writes (``checkpoint.save_artefact``), s
 --teacher`` and ``repro publish --model`` take it unchanged.
 
 Key names were read from zju-vipa/CMI and zju-vipa/Fast-Datafree (identical files in both):
-``datafree/models/classifiers/resnet.py`` (taken from huawei-noah DAFL) and ``wresnet.py`` (from
-polo5/ZeroShotKnowledgeTransfer); the model names from their ``registry.py`` ``MODEL_DICT``.
+``datafree/models/classifiers/resnet.py`` (taken from huawei-noah DAFL), ``wresnet.py`` (from
+polo5/ZeroShotKnowledgeTransfer) and ``vgg.py`` (from HobbitLong/RepDistiller); the model names from
+their ``registry.py`` ``MODEL_DICT``, where ``vgg11`` is that file's ``vgg11_bn`` -- our ``vgg11_bn``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from repro.errors import UserError
 from repro.evaluate import accuracy, write_metrics
 
 # Teacher top-1 (%) on the test split as reported by the benchmark (zju-vipa/CMI README, "T. Scratch"
-# row of the CIFAR-10 and CIFAR-100 tables; the same figures in Fast-Datafree's README). The VGG-11
-# figures are kept for completeness but not reached yet: VGG imports are refused (see _family).
+# row of the CIFAR-10 and CIFAR-100 tables; the same figures in Fast-Datafree's README; their vgg11 is
+# our vgg11_bn).
 EXPECTED_TOP1: dict[tuple[str, str], float] = {
     ("cifar10", "resnet34"): 95.70, ("cifar10", "vgg11_bn"): 92.25, ("cifar10", "wrn40_2"): 94.87,
     ("cifar100", "resnet34"): 78.05, ("cifar100", "vgg11_bn"): 71.32, ("cifar100", "wrn40_2"): 75.83,
@@ -114,21 +115,38 @@ def _wrn_mapping(model: nn.Module) -> KeyMapping:
                               "conv1.* unchanged"), rename)
 
 
-FAMILIES: dict[str, Callable[[nn.Module], KeyMapping]] = {"resnet": _resnet_mapping, "wrn": _wrn_mapping}
+def _vgg_mapping(model: nn.Module) -> KeyMapping:
+    """zju-vipa VGG (vgg.py, from RepDistiller): ``block{0-4}`` Sequentials of conv (with bias), BN and
+    ReLU with each block's last ReLU dropped (applied in ``forward``), and a ``classifier`` head; ours
+    keeps the ReLU inside ``stages.{s}``. ReLUs hold no parameters, so convolution ``j`` of a stage is
+    at index ``3j`` and its BatchNorm at ``3j + 1`` in both: only the stage's name changes. Pooling
+    (max after blocks 0-2, after block 3 only at 64 px, global average after block 4) has no weights."""
+    stages = len(model.stages)
+    block = re.compile(r"^block(\d+)\.(\d+)\.(.+)$")
+
+    def rename(key: str) -> str | None:
+        match = block.match(key)
+        if match:
+            stage, index, rest = int(match[1]), int(match[2]), match[3]
+            return f"stages.{stage}.{index}.{rest}" if stage < stages else None
+        return key if key.startswith("classifier.") else None
+
+    return KeyMapping("vgg", ("block{s}.{i}.* -> stages.{s}.{i}.*", "classifier.* unchanged"), rename)
+
+
+FAMILIES: dict[str, Callable[[nn.Module], KeyMapping]] = {"resnet": _resnet_mapping, "wrn": _wrn_mapping,
+                                                          "vgg": _vgg_mapping}
+# zju-vipa MODEL_DICT names whose repro network has another name (their file names use theirs).
+ZJU_ALIASES: dict[str, str] = {"vgg11": "vgg11_bn"}
 
 
 def _family(arch: str) -> str:
     """The key-mapping family of ``arch`` (a repro network name), refusing what cannot be imported."""
-    if arch.startswith("vgg"):
-        # zju-vipa's 'vgg11' is RepDistiller's vgg11_bn (CMI datafree/models/classifiers/vgg.py): keys
-        # block0..block4.N, convolutions WITH bias, and at 32 px no pooling after block3 and an average
-        # pool after block4. Our vgg11_bn has bias-free convolutions and max-pools after every stage, so
-        # the same weights compute a different function: renaming keys cannot make it the same teacher.
-        raise UserError("zju-vipa's vgg11 (RepDistiller VGG: biased convolutions, no pooling after its 4th stage at "
-                        "32 px) is not the same network as repro's vgg11_bn, so its weights cannot be imported: "
-                        "a zju-vipa-compatible VGG must be added to repro/nets/vgg.py first; resnet* and wrn* import")
     from repro import nets
 
+    if arch in ZJU_ALIASES:
+        ours = ZJU_ALIASES[arch]
+        raise UserError(f"--arch {arch!r} is zju-vipa's name for repro's {ours}: pass --arch {ours}")
     family = next((name for name in FAMILIES if arch.startswith(name)), None)
     if family is None or arch not in nets.list_networks():
         importable = ", ".join(n for n in nets.list_networks() if n.startswith(tuple(FAMILIES)))

@@ -26,16 +26,17 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params: Itera
                     owner: str) -> torch.optim.Optimizer:
     """``factory(params)``; a bad setting (torch's ``ValueError``, a string where a number belongs,
     a learning rate that is not a finite number >= 0) becomes a one-line user error."""
+    name = getattr(factory, "__name__", "optimizer")
     try:
         optimizer = factory(list(params))
     except ValueError as exc:
         raise UserError(f"the {owner} optimiser rejected its settings ({str(exc).splitlines()[0]}): "
-                        "fix its gin bindings (e.g. lr > 0)") from None
+                        f"fix the {owner}/{name} bindings (e.g. {owner}/{name}.lr = 0.1; lr must be >= 0)") from None
     except TypeError as exc:
         culprit = _wrongly_typed(factory, owner)
         what = f"{culprit} is not a number" if culprit else f"a setting has the wrong type: {str(exc).splitlines()[0]}"
         raise UserError(f"the {owner} optimiser rejected its settings ({what}): bind numbers, "
-                        f"e.g. {owner}/{getattr(factory, '__name__', 'SGD')}.lr = 0.1") from None
+                        f"e.g. {owner}/{name}.lr = 0.1") from None
     for group in optimizer.param_groups:
         lr = group.get("lr")
         rate = float(lr) if isinstance(lr, (int, float, torch.Tensor)) and not isinstance(lr, bool) else None

@@ -176,22 +176,27 @@ class DatasetPool(UnlabeledPool):
     random subset) so a large folder fits in memory."""
 
     def __init__(self, dataset: RealDataset = gin.REQUIRED, split: str = "train", count: int = 50_000,
-                 seed: int = 0) -> None:
+                 seed: int = 0, num_workers: int = 0) -> None:
         if count <= 0:
             raise UserError(f"DatasetPool.count = {count}: must be > 0")
+        if num_workers < 0:
+            raise UserError(f"DatasetPool.num_workers = {num_workers}: must be >= 0")
         self.dataset, self.split, self.count, self.seed = dataset, split, count, seed
+        self.num_workers = num_workers
 
     def images(self, spec: DataSpec) -> torch.Tensor:
+        """``[count, C, H, W]`` in [0, 1], float32, resized to ``spec``. Memory: count x C x H x W x 4 bytes
+        (50k CIFAR images: 0.6 GB; 50k at 224 px: 30 GB; lower ``count`` for ImageNet-scale pools)."""
+        from torch.utils.data import DataLoader, Subset
+
         data = self.dataset.split(self.split)
         generator = torch.Generator().manual_seed(self.seed)
         index = torch.randperm(len(data), generator=generator)[: self.count].tolist()
         ds = self.dataset.spec
         mean, std = torch.tensor(ds.mean).view(-1, 1, 1), torch.tensor(ds.std).view(-1, 1, 1)
-        images = []
-        for start in range(0, len(index), 512):
-            chunk = torch.stack([data[i][0] for i in index[start:start + 512]]) * std + mean
-            images.append(fit_shape(chunk, spec))
-        return torch.cat(images)
+        # Decoding is the cost for image folders: loader workers decode in parallel, order is kept.
+        loader = DataLoader(Subset(data, index), batch_size=512, shuffle=False, num_workers=self.num_workers)
+        return torch.cat([fit_shape(chunk * std + mean, spec) for chunk, _ in loader])
 
     def describe(self) -> dict[str, Any]:
         return {"name": "dataset", "dataset": self.dataset.describe(), "split": self.split, "count": self.count}

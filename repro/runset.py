@@ -37,7 +37,10 @@ def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
     try:
         params = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}): fix params.yaml") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}," if mark is not None else ""
+        raise UserError(f"cannot read {path} ({type(exc).__name__} at{where} {str(exc).splitlines()[0]}): "
+                        "fix params.yaml") from None
     if not isinstance(params, dict):
         raise UserError(f"{path} is not a mapping of parameters: see README, Profiles and parameters")
     for key in REQUIRED:

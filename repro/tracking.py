@@ -421,3 +421,26 @@ def run_record(run_id: str) -> dict[str, Any]:
                 producer["run"] = _run_summary(client.get_run(version.run_id))
             record["producers"].append(producer)
     return record
+
+
+def runs_tagged(key: str, values: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    """``(store uri, runs)``: the runs of every active experiment whose tag ``key`` is one of
+    ``values``, newest first, as :func:`run_record`'s run summaries (how ``repro audit`` finds the
+    run that wrote a metrics file)."""
+    uri = default_tracking_uri()
+    try:
+        _check_reachable(uri)
+        client = _client()
+        experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+        found: dict[str, Any] = {}
+        for value in dict.fromkeys(values):
+            if "'" in value or not experiments:
+                continue  # not expressible in a search filter (a path with a quote)
+            for run in client.search_runs(experiments, f"tags.{key} = '{value}'",
+                                          order_by=["attributes.start_time DESC"]):
+                found[run.info.run_id] = run
+    except Exception as exc:  # locked or unreachable store, bad URI
+        raise UserError(f"cannot search the MLflow store {uri} ({_first_line(exc)}): set MLFLOW_TRACKING_URI "
+                        "to the store that recorded the run") from None
+    newest = sorted(found.values(), key=lambda run: (run.info.start_time or 0, run.info.end_time or 0), reverse=True)
+    return uri, [_run_summary(run) for run in newest]

@@ -96,7 +96,8 @@ def _redigest(artefact: Path, name: str) -> None:
 # ---------------------------------------------------------------- gin files and bindings
 
 GIN_CASES = {
-    "syntax error in --bind": (["student/SGD.lr = (0.1"], "gin syntax error"),
+    "syntax error in --bind": (["student/SGD.lr = (0.1"],
+                               "gin syntax error in --bind 'student/SGD.lr = (0.1': EOF in multi-line statement"),
     "unknown configurable": (["Nonexistent.x = 1"], "No configurable matching 'Nonexistent'"),
     "unknown parameter": (["student/SGD.lrr = 1"], "doesn't have a parameter named 'lrr'"),
     "string learning rate": (['student/SGD.lr = "x"'], "student/SGD.lr = 'x' is not a number"),
@@ -234,7 +235,7 @@ def _say_wrn(artefact: Path) -> str:
     record = json.loads((artefact / "config.json").read_text())
     record["architecture"] = {"name": "wrn16_1", "kwargs": {}}
     (artefact / "config.json").write_text(json.dumps(record))
-    return "do not fit architecture 'wrn16_1'"
+    return "do not fit architecture 'wrn16_1' ("
 
 
 def _unknown_network(artefact: Path) -> str:
@@ -446,8 +447,14 @@ def _disk_fills_at(monkeypatch, failing) -> None:
 
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(ws: Workspace, teacher_dir: Path, capfd,
                                                                      monkeypatch) -> None:
-    writes = []
-    _disk_fills_at(monkeypatch, lambda path: path.name == "last.pt.partial" and (writes.append(path) or len(writes) > 1))
+    writes: list[Path] = []
+
+    def second_checkpoint(path: Path) -> bool:  # epoch 1's checkpoint is written, epoch 2's hits a full disk
+        if path.name == "last.pt.partial":
+            writes.append(path)
+        return len(writes) > 1 and path == writes[-1]
+
+    _disk_fills_at(monkeypatch, second_checkpoint)
     outcome = run_main(["distill", *_method("dafl"), *ws.distill(teacher_dir)], capfd, monkeypatch)
     checkpoint = Path(str(writes[0])[: -len(".partial")])
     assert_one_line_error(outcome, f"no space left on device while writing {checkpoint}; free space and re-run "

@@ -1,8 +1,9 @@
 """`repro import-teacher`: zju-vipa checkpoints become teacher artefacts, or are refused with one line.
 
-The zju-vipa networks below are written here, independently of repro/import_teacher.py, after
-zju-vipa/CMI datafree/models/classifiers/{wresnet,resnet}.py: their own module and parameter names,
-so the round trip checks the renaming *and* that our network computes the same function.
+The zju-vipa networks below are written here, independently of repro/import_teacher.py and
+repro/nets, after zju-vipa/CMI datafree/models/classifiers/{wresnet,resnet,vgg}.py: their own module
+and parameter names, so the round trip checks the renaming *and* that our network computes the same
+function.
 """
 
 from __future__ import annotations
@@ -100,8 +101,42 @@ class ZjuResNet(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(out, (1, 1)).flatten(1))
 
 
+class ZjuVGG(nn.Module):
+    """zju-vipa's ``vgg11`` (RepDistiller ``vgg11_bn``): ``block0``..``block4`` of conv (with bias), BN,
+    ReLU, each block's last ReLU left out of it and applied in ``forward``; max-pools ``pool0``..``pool2``,
+    ``pool3`` only for 64-pixel-high inputs, global average ``pool4``, then ``classifier``."""
+
+    def __init__(self, stages: tuple[tuple[int, ...], ...], num_classes: int) -> None:
+        super().__init__()
+        in_planes = 3
+        for index, widths in enumerate(stages):
+            layers: list[nn.Module] = []
+            for width in widths:
+                layers += [nn.Conv2d(in_planes, width, kernel_size=3, padding=1), nn.BatchNorm2d(width), nn.ReLU(True)]
+                in_planes = width
+            setattr(self, f"block{index}", nn.Sequential(*layers[:-1]))
+        for index in range(4):
+            setattr(self, f"pool{index}", nn.MaxPool2d(kernel_size=2, stride=2))
+        self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[2]
+        x = self.pool0(F.relu(self.block0(x)))
+        x = self.pool1(F.relu(self.block1(x)))
+        x = self.pool2(F.relu(self.block2(x)))
+        x = F.relu(self.block3(x))
+        if h == 64:
+            x = self.pool3(x)
+        x = self.pool4(F.relu(self.block4(x)))
+        return self.classifier(x.view(x.size(0), -1))
+
+
+ZJU_VGG11 = ((64,), (128,), (256, 256), (512, 512), (512, 512))  # their cfg 'A'
+ZJU_VGG8 = ((64,), (128,), (256,), (512,), (512,))  # their cfg 'S' (zju-vipa 'vgg8')
 ZJU_NETS = {"wrn16_1": lambda k: ZjuWideResNet(16, 1, k), "wrn16_2": lambda k: ZjuWideResNet(16, 2, k),
-            "wrn40_2": lambda k: ZjuWideResNet(40, 2, k), "resnet18": lambda k: ZjuResNet((2, 2, 2, 2), k)}
+            "wrn40_2": lambda k: ZjuWideResNet(40, 2, k), "resnet18": lambda k: ZjuResNet((2, 2, 2, 2), k),
+            "vgg11_bn": lambda k: ZjuVGG(ZJU_VGG11, k), "vgg8": lambda k: ZjuVGG(ZJU_VGG8, k)}
 
 
 def zju_model(arch: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
@@ -160,7 +195,7 @@ def run(source: Path, arch: str, out: Path, **kwargs) -> dict:
 
 # ---------------------------------------------------------------- round trips
 
-@pytest.mark.parametrize("arch", ["wrn16_2", "resnet18"])
+@pytest.mark.parametrize("arch", ["wrn16_2", "resnet18", "vgg11_bn"])
 def test_round_trip_gives_bit_identical_logits(arch: str, tmp_path: Path) -> None:
     source_model = zju_model(arch)
     source = save_zju(source_model, tmp_path / f"cifar10_{arch}.pth")
@@ -185,6 +220,33 @@ def test_round_trip_gives_bit_identical_logits(arch: str, tmp_path: Path) -> Non
     assert sorted(record["key_map"]) == sorted(source_keys)  # every key mapped, each to its own key
     assert sorted(record["key_map"].values()) == sorted(model.state_dict())
     assert json.loads(metrics_path.read_text())["model"] == str(out)
+
+
+def test_vgg_import_keeps_zju_vipa_pooling_at_every_input_size(tmp_path: Path) -> None:
+    # 32 px: no max-pool after block3; 64 px: pool3 too; other sizes (48, 8) follow the same h == 64 rule.
+    source_model = zju_model("vgg11_bn", num_classes=100, seed=5)
+    assert all(not torch.all(conv.bias == 0) for conv in source_model.modules() if isinstance(conv, nn.Conv2d))
+    source = save_zju(source_model, tmp_path / "cifar100_vgg11.pth", prefix="module.")
+    run(source, "vgg11_bn", tmp_path / "teacher", dataset=FakeCifar10(num_classes=100), expected_top1=0.0)
+    model, config = checkpoint.load_artefact(tmp_path / "teacher")
+    record = config["imported_from"]
+    assert record["family"] == "vgg" and record["key_map"]["block3.3.weight"] == "stages.3.3.weight"
+    with torch.no_grad():
+        for size in (32, 64, 48, 8):
+            images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+            assert torch.equal(model(images), source_model(images)), size
+            logits, features = model(images, return_features=True)
+            assert features.shape == (3, 512) and torch.equal(model.classifier(features), logits)
+
+
+def test_vgg_names_and_other_configurations_are_refused(tmp_path: Path) -> None:
+    out = tmp_path / "teacher"
+    source = save_zju(zju_model("vgg11_bn"), tmp_path / "cifar10_vgg11.pth")
+    _refused(source, "vgg11", out, "zju-vipa's name for repro's vgg11_bn", "--arch vgg11_bn", expected_top1=0.0)
+    _refused(source, "resnet18", out, "file keys unused", "block0.0.weight", expected_top1=0.0)
+    vgg8 = save_zju(zju_model("vgg8"), tmp_path / "cifar10_vgg8.pth")
+    _refused(vgg8, "vgg11_bn", out, "does not fit --arch vgg11_bn", "unfilled", "stages.2.3.weight",
+             expected_top1=0.0)
 
 
 def test_data_parallel_prefix_and_bare_state_dict(tmp_path: Path) -> None:
@@ -217,7 +279,7 @@ def test_wrong_architecture_is_refused(tmp_path: Path) -> None:
     _refused(source, "wrn40_2", out, "does not fit --arch wrn40_2", "unfilled", "blocks.2.", expected_top1=0.0)
     _refused(source, "wrn16_1", out, "shapes differ", "block1.layer.0.conv1.weight [32, 16, 3, 3]", expected_top1=0.0)
     _refused(source, "resnet18", out, "file keys unused", "block1.layer.0", expected_top1=0.0)
-    _refused(source, "vgg11_bn", out, "not the same network", "repro/nets/vgg.py", expected_top1=0.0)
+    _refused(source, "vgg11_bn", out, "file keys unused", "block1.layer.0", expected_top1=0.0)
     _refused(source, "digits_cnn_large", out, "cannot be imported", "wrn40_2", expected_top1=0.0)
 
 

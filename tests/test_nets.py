@@ -21,6 +21,10 @@ PARAM_RANGES = {
     "resnet34": (21.1e6, 21.5e6),
     "wrn40_2": (2.1e6, 2.3e6),
     "wrn16_1": (0.16e6, 0.19e6),
+    # zju-vipa / RepDistiller VGG-11-BN, 10 classes: 8 biased 3x3 convs 9,220,480 (1,792 + 73,856 + 295,168
+    # + 590,080 + 1,180,160 + 3 x 2,359,808) + BN affine 5,504 + linear 512x10+10 = 5,130 -> 9,231,114.
+    # Tight enough to reject bias-free convolutions (2,752 fewer) or an extra FC layer.
+    "vgg11_bn": (9.230e6, 9.232e6),
     "digits_cnn_large": (250e3, 350e3),
     "digits_cnn_small": (20e3, 80e3),
 }

@@ -36,19 +36,19 @@ def _files(profile: str, experiment: str, method: str, kdci: bool) -> list[Path]
 
 def _fake(dataset: str) -> list[str]:
     """FakeData with the dataset's shape as both the real data and the unlabeled pool."""
-    return [f"DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "FakeImages.size = 16",
+    return [f"DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "FakeImages.size = 8",
             "POOL = @DatasetPool()", "DatasetPool.dataset = @pool/FakeImages()", f"pool/FakeImages.like = '{dataset}'",
-            "pool/FakeImages.size = 48", "DatasetPool.split = 'train'", "DatasetPool.count = 48"]
+            "pool/FakeImages.size = 24", "DatasetPool.split = 'train'", "DatasetPool.count = 24"]
 
 
 SHRINK = [  # a few steps at tiny batches; networks stay at full size
-    "teacher/Trainer.epochs = 1", "teacher/Trainer.steps_per_epoch = 1", "teacher/Trainer.batch_size = 4",
+    "teacher/Trainer.epochs = 1", "teacher/Trainer.steps_per_epoch = 1", "teacher/Trainer.batch_size = 2",
     "teacher/MultiStepLR.milestones = [1]", "Supervised.num_workers = 0",
-    "DISTILL_EPOCHS = 1", "STUDENT_STEPS = 5", "student/Trainer.batch_size = 4",
-    "GenerativeDFKD.synthesis_batch_size = 4", "DeepInversion.synthesis_batch_size = 4",
-    "DeepInversion.synthesis_steps = 1", "CMI.synthesis_batch_size = 4", "CMI.synthesis_steps = 1",
-    "CMI.negatives = 8", "CMI.bank_size = 64", "Fast.synthesis_batch_size = 4", "Fast.warmup_rounds = 0",
-    "Fast.reset_first_layer_at = 0", "MosaicKD.synthesis_batch_size = 4", "DFND.selected_per_class = 1",
+    "DISTILL_EPOCHS = 1", "STUDENT_STEPS = 5", "student/Trainer.batch_size = 2",
+    "GenerativeDFKD.synthesis_batch_size = 2", "DeepInversion.synthesis_batch_size = 2",
+    "DeepInversion.synthesis_steps = 1", "CMI.synthesis_batch_size = 2", "CMI.synthesis_steps = 1",
+    "CMI.negatives = 8", "CMI.bank_size = 64", "Fast.synthesis_batch_size = 2", "Fast.warmup_rounds = 0",
+    "Fast.reset_first_layer_at = 0", "MosaicKD.synthesis_batch_size = 2", "DFND.selected_per_class = 1",
     "KDCI.warmup_epochs = 0", "KDCI.dictionary_samples = 32", "distill.substitution_sample_size = 8",
 ]
 
@@ -83,7 +83,7 @@ def test_paper_profile_refuses_another_dataset():
         stages.check_profile("digits")
 
 
-def _run_profile(profile: str, tmp_path: Path, wrapped: tuple[bool, ...]) -> None:
+def _run_profile(profile: str, tmp_path: Path, cells: list[tuple[str, bool]]) -> None:
     dataset, _ = PROFILES[profile]
     experiment = RUN[profile]
     config.parse(_files(profile, experiment, "dafl", False), _fake(dataset) + SHRINK)
@@ -91,15 +91,14 @@ def _run_profile(profile: str, tmp_path: Path, wrapped: tuple[bool, ...]) -> Non
     metrics = stages.train_teacher(teacher, tmp_path / "teacher.json", tmp_path / "ckpt", track=False)
     assert 0.0 <= metrics["top1"] <= 100.0
     gin.clear_config()
-    for method in METHODS:
-        for kdci in wrapped:
-            config.parse(_files(profile, experiment, method, kdci), _fake(dataset) + SHRINK)
-            out = tmp_path / f"{method}{'-kdci' if kdci else ''}"
-            stages.distill(teacher, out, tmp_path / "ckpt", track=False)
-            written = checkpoint_config(out)
-            assert written["data"]["name"] == dataset and written["method"]["name"] == method + ("+kdci" if kdci else "")
-            assert ("kdci" in written["method"]) == kdci
-            gin.clear_config()
+    for method, kdci in cells:
+        config.parse(_files(profile, experiment, method, kdci), _fake(dataset) + SHRINK)
+        out = tmp_path / f"{method}{'-kdci' if kdci else ''}"
+        stages.distill(teacher, out, tmp_path / "ckpt", track=False)
+        written = checkpoint_config(out)
+        assert written["data"]["name"] == dataset and written["method"]["name"] == method + ("+kdci" if kdci else "")
+        assert ("kdci" in written["method"]) == kdci
+        gin.clear_config()
 
 
 def checkpoint_config(out: Path) -> dict:
@@ -108,14 +107,16 @@ def checkpoint_config(out: Path) -> dict:
     return checkpoint.read_config(out)
 
 
-# CI: the six baselines on CIFAR-10 and the six KDCI-wrapped on CIFAR-100 (every method +- KDCI runs
-# at CIFAR shape); `-m slow`: everything on every profile.
-@pytest.mark.parametrize(("profile", "wrapped"), [("paper-cifar10", (False,)), ("paper-cifar100", (True,))])
-def test_cifar_paper_profile_runs_a_few_steps_on_fakedata(profile, wrapped, tmp_path):
-    _run_profile(profile, tmp_path, wrapped)
+ALL_CELLS = [(method, kdci) for method in METHODS for kdci in (False, True)]
+
+
+def test_paper_cifar10_runs_a_few_steps_on_fakedata(tmp_path):
+    """CI: the teacher stage, the six baselines and two KDCI cells at CIFAR-10 shape and full network sizes
+    (Fast + KDCI once produced NaN generators with an untrained teacher: see tests/test_losses.py)."""
+    _run_profile("paper-cifar10", tmp_path, [(method, False) for method in METHODS] + [("dafl", True), ("fast", True)])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_every_paper_profile_runs_a_few_steps_on_fakedata(profile, tmp_path):
-    _run_profile(profile, tmp_path, (False, True))
+    _run_profile(profile, tmp_path, ALL_CELLS)

@@ -3,6 +3,7 @@ loss terms, tracking that turns itself off on a bad store, and `repro audit`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import sqlite3
@@ -257,13 +258,18 @@ def test_unusable_store_turns_tracking_off_and_the_stage_still_writes(unusable_s
 
 # --- 4. repro audit -----------------------------------------------------------------------------------
 
-def test_metrics_json_names_its_run_and_audit_traces_the_number(recorded, monkeypatch, capsys) -> None:
+def test_audit_finds_the_run_that_wrote_a_metrics_json_by_its_bytes(recorded, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", recorded.uri)
     metrics = json.loads(recorded.metrics.read_text())
     evaluate, distill = recorded.runs["evaluate"], recorded.runs["distill"]
-    assert metrics["mlflow_run_id"] == evaluate.info.run_id
+    assert "mlflow_run_id" not in metrics  # the run is found by the file's sha256, not named in it
+    sha = hashlib.sha256(recorded.metrics.read_bytes()).hexdigest()
+    assert evaluate.data.tags["metrics_file"] == str(recorded.metrics)
+    assert evaluate.data.tags["metrics_sha256"] == sha
     assert cli.main(["audit", str(recorded.metrics)]) == 0
     text = capsys.readouterr().out
+    assert f"sha256 {sha}: these exact bytes were written by this run" in text
+    assert "runs wrote these exact bytes" not in text  # one writer
     sha = json.loads((recorded.out / "config.json").read_text())["files"]["model.safetensors"]
     teacher_sha = json.loads((recorded.out / "config.json").read_text())["teacher"]["sha256"]
     for expected in (evaluate.info.run_id, "evaluate-dafl+kdci-seed0", recorded.runs["pipeline"].info.run_id,
@@ -286,9 +292,77 @@ def test_audit_of_an_unknown_run_or_a_file_without_one_is_one_error_line(recorde
                                                                           capsys) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", recorded.uri)
     untracked = tmp_path / "untracked.json"
-    untracked.write_text(json.dumps({"top1": 50.0, "mlflow_run_id": None}))
+    untracked.write_text(json.dumps({"top1": 50.0}))  # no run in the store wrote these bytes or this path
     for reference in ("0123456789abcdef0123456789abcdef", str(untracked), "not-a-run"):
         assert cli.main(["audit", reference]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
         assert captured.err.startswith("error: ")
+
+
+@pytest.fixture(scope="module")
+def rerun(recorded, tmp_path_factory) -> SimpleNamespace:
+    """The recorded student evaluated twice with tracking on, into one metrics file given as a relative
+    path (as dvc.yaml gives it), in a store of its own; the first file's bytes are kept aside."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("rerun")
+    uri, relative = f"sqlite:///{root / 'mlflow.db'}", Path("metrics/kdci/dafl-seed0.json")
+    written = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv(tracking.PIPELINE_ENV, raising=False)
+        patch.delenv("DVC_STAGE", raising=False)
+        for _ in range(2):
+            config.parse([DIGITS, SMOKE_PROFILE])
+            stages.evaluate(recorded.out, relative, track=True)
+            gin.clear_config()
+            written.append((root / relative).read_bytes())
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    return SimpleNamespace(root=root, uri=uri, relative=relative, written=written, runs=runs)
+
+
+def test_evaluate_writes_no_run_id_and_the_same_bytes_on_a_rerun(rerun) -> None:
+    """DVC metrics must be bit-identical between reruns with the same seed: no run id in the file."""
+    first, second = rerun.written
+    assert first == second
+    assert "mlflow_run_id" not in json.loads(first)
+    assert len(rerun.runs) == 2 and rerun.runs[0].info.run_id != rerun.runs[1].info.run_id
+    for run in rerun.runs:
+        assert run.info.run_id not in first.decode()
+        assert run.data.tags["metrics_file"] == str(rerun.relative)
+        assert run.data.tags["metrics_sha256"] == hashlib.sha256(first).hexdigest()
+
+
+def test_audit_of_bytes_written_by_two_runs_shows_the_newest_and_lists_both(rerun, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(rerun.root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", rerun.uri)
+    newest, older = (run.info.run_id for run in rerun.runs)
+    assert cli.main(["audit", str(rerun.relative)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"run            {newest}  evaluate-dafl+kdci-seed0")
+    assert f"2 runs wrote these exact bytes: {newest}, {older}" in text
+    top1 = json.loads(rerun.written[0])["top1"]
+    assert f"top1 {top1} matches the run's logged test/top1" in text
+
+
+def test_audit_of_a_changed_metrics_file_names_the_newest_run_of_that_path(rerun, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(rerun.root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", rerun.uri)
+    changed = json.loads(rerun.written[0])
+    changed["top1"] += 1.0  # edited by hand, or written by a run recorded elsewhere
+    path = rerun.root / rerun.relative
+    try:
+        path.write_text(json.dumps(changed, indent=2, sort_keys=True) + "\n")
+        assert cli.main(["audit", str(rerun.relative)]) == 2
+    finally:
+        path.write_bytes(rerun.written[0])
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    error = captured.err
+    assert error.startswith("error: ") and "changed or written by a run not in this store" in error
+    assert f"the newest is {rerun.runs[0].info.run_id}" in error
+    assert "re-run the stage with tracking on" in error and "MLFLOW_TRACKING_URI" in error
