@@ -175,7 +175,7 @@ def save_artefact(out_dir: Path, model: nn.Module, config: dict[str, Any], opera
     from safetensors.torch import save as safetensors_bytes
 
     check_output_folder(out_dir)
-    out_dir = Path(out_dir).resolve()  # `--out .` has no name to derive the temporary names from
+    out_dir = Path(os.path.abspath(out_dir))  # `--out .` has no name to derive the temporary names from
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     previous = out_dir.with_name(f".{out_dir.name}.previous")
     try:
@@ -212,6 +212,11 @@ def read_config(artefact_dir: Path) -> dict[str, Any]:
     artefact_dir = Path(artefact_dir)
     config_path = artefact_dir / CONFIG_FILE
     if not config_path.exists():
+        previous = Path(os.path.abspath(artefact_dir))
+        previous = previous.with_name(f".{previous.name}.previous")
+        if (previous / CONFIG_FILE).exists():  # killed between the two renames of save_artefact
+            raise UserError(f"no model artefact at {artefact_dir}, but the previous version is in {previous} "
+                            f"(a replacement was interrupted): rename it to {artefact_dir} or re-run the stage")
         raise UserError(f"no model artefact at {artefact_dir} ({CONFIG_FILE} missing): run the stage that "
                         "produces it first (e.g. `dvc repro teacher`) or fix the path")
     try:

@@ -238,12 +238,17 @@ class Trainer:
         state = checkpoint.load_training_state(path, fingerprint) if path is not None else None
         if state is None:
             return 0
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        method.load_state_dict(state["method"])
-        _restore_rng(state["rng"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            method.load_state_dict(state["method"])
+            _restore_rng(state["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"checkpoint {path} does not fit this run ({first[:200]}): the code changed since it was "
+                            "written; delete it to start the stage over") from None
         print(f"resuming from {path} after epoch {state['epoch']}/{self.epochs}")
         return int(state["epoch"])
 

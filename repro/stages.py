@@ -109,6 +109,7 @@ def _register(tracker: NullTracker, out_dir: Path, seed: int) -> None:
 def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True,
                   *, dataset: RealDataset = gin.REQUIRED, network: NetSpec = gin.REQUIRED, seed: int = 0) -> dict:
     """Train the teacher on the real training split; save it and its test metrics."""
+    checkpoint.check_output_folder(out_dir)
     seed_everything(seed)
     spec = dataset.spec
     check_profile(spec.name)
@@ -152,6 +153,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     ``substitution_grid_every``: log a grid of substitution images every that many epochs and at the
     last (None: about four grids per run; 0: none).
     """
+    checkpoint.check_output_folder(out_dir)
     teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
     spec = DataSpec.from_dict(teacher_config["data"])
     check_profile(spec.name)
@@ -203,12 +205,16 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
 def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset: RealDataset = gin.REQUIRED,
              batch_size: int = 512, device: str = "auto") -> dict:
     """Top-1/top-5/per-class accuracy of an artefact on the real test split -> DVC metrics JSON."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise UserError(f"evaluate.batch_size = {batch_size!r} is invalid: it must be a positive integer")
     model, config = checkpoint.load_artefact(model_dir)
     recorded, actual = DataSpec.from_dict(config["data"]), dataset.spec
     if (recorded.name, recorded.num_classes, recorded.channels, recorded.image_size) != (
             actual.name, actual.num_classes, actual.channels, actual.image_size):
-        raise UserError(f"{model_dir} was trained for {recorded.name} ({recorded.num_classes} classes) but the "
-                        f"configured dataset is {actual.name} ({actual.num_classes}): evaluate with the same experiment gin")
+        raise UserError(f"{model_dir} was trained for {recorded.name} ({recorded.num_classes} classes, {recorded.channels}x"
+                        f"{recorded.image_size}x{recorded.image_size}) but the configured dataset is {actual.name} "
+                        f"({actual.num_classes} classes, {actual.channels}x{actual.image_size}x{actual.image_size}): "
+                        "evaluate with the same experiment gin")
     if not torch.allclose(torch.tensor(recorded.mean + recorded.std), torch.tensor(actual.mean + actual.std), atol=1e-4):
         raise UserError(f"{model_dir} expects normalisation {recorded.mean}/{recorded.std} but the dataset gives "
                         f"{actual.mean}/{actual.std}: the dataset split settings differ from the teacher's")

@@ -241,3 +241,11 @@ def test_dictionary_written_and_read_back(tmp_path: Path) -> None:
     dictionary.save(tmp_path / "d.safetensors")
     loaded = ConfounderDictionary.load(tmp_path / "d.safetensors", 4, 6)
     assert all(torch.equal(a, b) for a, b in zip(dictionary.tensors().values(), loaded.tensors().values()))
+
+
+def test_a_kill_between_the_two_renames_points_to_the_previous_artefact(tmp_path: Path) -> None:
+    out = tmp_path / "teacher"
+    checkpoint.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "")
+    out.rename(tmp_path / ".teacher.previous")  # the state between `out -> .previous` and `.partial -> out`
+    with pytest.raises(UserError, match=re.escape(f"the previous version is in {tmp_path / '.teacher.previous'}")):
+        checkpoint.read_config(out)

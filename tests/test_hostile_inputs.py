@@ -162,16 +162,12 @@ def test_string_learning_rate_through_the_entry_point(teacher_dir: Path, tmp_pat
     assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="DeepInversion does not validate synthesis_batch_size: "
-                   "torch's random_ fails inside synthesize() (fix: repro/methods/deepinv.py __init__)")
 def test_deepinversion_synthesis_batch_0(ws: Workspace, teacher_dir: Path, capfd, monkeypatch) -> None:
     outcome = run_main(["distill", *_method("deepinv"), *_binds("DeepInversion.synthesis_batch_size = 0"),
                         *ws.distill(teacher_dir)], capfd, monkeypatch)
     assert_one_line_error(outcome, "DeepInversion.synthesis_batch_size")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="evaluate.batch_size is not validated: the DataLoader's "
-                   "ValueError escapes (fix: repro/stages.py evaluate)")
 def test_evaluation_batch_0(ws: Workspace, teacher_dir: Path, capfd, monkeypatch) -> None:
     outcome = run_main(["evaluate", *EXPERIMENT, *_binds("evaluate.batch_size = 0"), *ws.evaluate(teacher_dir)],
                        capfd, monkeypatch)
@@ -396,7 +392,7 @@ def test_digits_model_on_cifar_shaped_data(ws: Workspace, teacher_dir: Path, cap
     outcome = run_main(["evaluate", "--gin", "gin/base.gin", "--gin", "gin/data/cifar10.gin",
                         *_binds("CIFAR10.root = '/nonexistent'", "CIFAR10.download = False"),
                         *ws.evaluate(teacher_dir)], capfd, monkeypatch)
-    assert_one_line_error(outcome, "was trained for digits (10 classes) but the configured dataset is cifar10")
+    assert_one_line_error(outcome, "was trained for digits (10 classes, 1x8x8) but the configured dataset is cifar10 (10 classes, 3x32x32)")
     ws.unchanged()
 
 
@@ -487,7 +483,7 @@ def test_a_real_write_failure_in_a_real_process(ws: Workspace, teacher_dir: Path
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
-    env = {k: v for k, v in os.environ.items() if k != "REPRO_DEBUG"}
+    env = {**{k: v for k, v in os.environ.items() if k != "REPRO_DEBUG"}, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "repro.cli", "distill", *_method("dafl"),
                              *[str(a) for a in ws.distill(teacher_dir)]],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit)

@@ -18,6 +18,7 @@ from torch import nn
 
 from repro import losses
 from repro.data import DataSpec
+from repro.errors import UserError
 from repro.methods.inversion import BNStatistics, PoolDistillation, keep_best
 
 
@@ -31,6 +32,10 @@ class DeepInversion(PoolDistillation):
                  bn_weight: float = 10.0, onehot_weight: float = 1.0, adversarial_weight: float = 1.0,
                  tv_weight: float = 0.0, jitter: float = 0.125, flip: bool = True, temperature: float = 20.0,
                  adversarial_temperature: float = 3.0, pool_size: int = 50_000) -> None:
+        for name, value in (("synthesis_batch_size", synthesis_batch_size), ("synthesis_steps", synthesis_steps),
+                            ("pool_size", pool_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"DeepInversion.{name} = {value!r} is invalid: it must be a positive integer")
         self.synthesis_batch_size, self.synthesis_steps, self.image_lr = synthesis_batch_size, synthesis_steps, image_lr
         self.bn_weight, self.onehot_weight, self.adversarial_weight = bn_weight, onehot_weight, adversarial_weight
         self.tv_weight, self.jitter, self.flip = tv_weight, jitter, flip
