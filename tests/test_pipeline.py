@@ -26,7 +26,9 @@ def _clone_work_tree(target: Path) -> None:
     for stale in ("dvc.lock",):
         (target / stale).unlink(missing_ok=True)
     shutil.rmtree(target / "metrics", ignore_errors=True)
-    shutil.rmtree(target / "reports", ignore_errors=True)
+    for generated in (target / "reports").iterdir():  # outputs go; the published numbers (an input) stay
+        if generated.name != "published_numbers.csv":
+            shutil.rmtree(generated) if generated.is_dir() else generated.unlink()
     params = (target / "params.yaml").read_text()
     params = params.replace("profile: default", "profile: smoke").replace("seeds: [0, 1, 2]", "seeds: [0, 1]")
     # One generation-based and one sampling-based method keep the test fast and cover both families.
@@ -53,7 +55,7 @@ def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     cells = [f"{m}-{s}" for m in ("dafl", "dfnd") for s in (0, 1)]
     for stage in ("teacher", *[f"distill@{c}" for c in cells], *[f"kdci@{c}" for c in cells], "evaluate", "diagnose",
-                  "report", "ablate", "shift-sweep"):
+                  "report", "compare", "ablate", "shift-sweep"):
         assert f"Running stage '{stage}'" in result.stdout
     assert "results: reports/results.md" in result.stdout
     artefacts = ["models/teacher"] + [f"models/{family}/{method}/seed{seed}" for family in ("students", "kdci")
@@ -66,6 +68,8 @@ def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
     assert "Shift sweep" in (project / "reports/shift_sweep/shift_sweep.md").read_text()
     assert (project / "reports/results.png").stat().st_size > 1000
     assert "Ablations are off" in (project / "reports/ablations.md").read_text()
+    comparison = (project / "reports/paper_comparison.md").read_text()  # stage compare: published numbers + ours
+    assert "| ResNet-34 → ResNet-18 | CMI | 94.84" in comparison and "| digits_cnn_large → digits_cnn_small | " in comparison
     diagnostics = json.loads((project / "reports/diagnostics/diagnostics.json").read_text())
     assert len(diagnostics["rows"]) == 8 and all(0 <= row["shift_score_tv"] <= 1 for row in diagnostics["rows"])
     assert "Substitution-data shift" in (project / "reports/results.md").read_text()
