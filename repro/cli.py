@@ -44,7 +44,8 @@ def _import_teacher(args: argparse.Namespace) -> None:
 
     import_teacher.configure_dataset(args.dataset, args.data_root)
     out = Path(args.out or f"models/imported/{args.dataset}_{args.arch}")
-    import_teacher.import_teacher(Path(args.file), args.arch, out, args.expected_top1, args.tolerance,
+    tolerance = import_teacher.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    import_teacher.import_teacher(Path(args.file), args.arch, out, args.expected_top1, tolerance,
                                   Path(args.metrics) if args.metrics else None)
 
 
@@ -217,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--out", default=None, help="artefact folder to write (default models/imported/<dataset>_<arch>)")
     imported.add_argument("--expected-top1", type=float, default=None, help="test top-1 (%%) the teacher should reach "
                           "(default: the benchmark's figure for resnet34 / wrn40_2; required for other networks)")
-    imported.add_argument("--tolerance", type=float, default=2.0, help="points below --expected-top1 still accepted")
+    imported.add_argument("--tolerance", type=float, default=None,
+                          help="points below the expected top-1 still accepted (default 2.0)")
     imported.add_argument("--data-root", default=None, help="folder holding the torchvision CIFAR files (default data)")
     imported.add_argument("--metrics", default=None, help="metrics JSON to write (metrics/teacher.json lets "
                           "`repro publish --model` card it)")
