@@ -25,6 +25,7 @@ def _gin_args(parser: argparse.ArgumentParser, tracked: bool = True) -> None:
 
 
 def _configured(args: argparse.Namespace) -> None:
+    import repro.configurables  # noqa: F401  (every gin name must be known before parsing)
     from repro import config
 
     if not args.gin:
@@ -34,13 +35,14 @@ def _configured(args: argparse.Namespace) -> None:
 
 def _train_teacher(args: argparse.Namespace) -> None:
     _configured(args)
-    from repro import stages
+    from repro.pipeline import stages
 
     stages.train_teacher(Path(args.out), Path(args.metrics), Path(args.checkpoint_dir), not args.no_track)
 
 
 def _import_teacher(args: argparse.Namespace) -> None:
-    from repro import import_teacher
+    import repro.configurables  # noqa: F401
+    from repro.registry import import_teacher
 
     import_teacher.configure_dataset(args.dataset, args.data_root)
     out = Path(args.out or f"models/imported/{args.dataset}_{args.arch}")
@@ -51,18 +53,18 @@ def _import_teacher(args: argparse.Namespace) -> None:
 
 def _distill(args: argparse.Namespace) -> None:
     _configured(args)
-    from repro import stages
+    from repro.pipeline import stages
 
     stages.distill(Path(args.teacher), Path(args.out), Path(args.checkpoint_dir), not args.no_track)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     _configured(args)
-    from repro import stages
+    from repro.pipeline import stages
 
     pairs = list(zip(args.model, args.metrics))
     for reference in args.from_hub:  # pull (verified), evaluate, and compare with the card's number
-        from repro import hub
+        from repro.registry import hub
 
         folder = hub.pull(reference, Path(args.hub_dir))
         measured = stages.evaluate(folder, folder.parent / f"{folder.name}.evaluated.json", not args.no_track)
@@ -70,7 +72,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         verdict = "matches" if abs(measured["top1"] - card) < 1e-6 else "DIFFERS from"
         print(f"{reference}: measured top-1 {measured['top1']:.2f}% {verdict} the card's {card:.2f}%")
     if args.params:  # every baseline and KDCI student params.yaml asks for
-        from repro.runset import read_params, runs
+        from repro.pipeline.runset import read_params, runs
 
         for run in runs(read_params(Path(args.params))):
             pairs += [(run.baseline_dir, run.baseline_metrics), (run.kdci_dir, run.kdci_metrics)]
@@ -83,12 +85,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from repro import hub
+    from repro.registry import hub
 
     if args.model:
         targets = [(Path(args.model), args.repo_id)]
     else:
-        from repro.runset import read_params, runs
+        from repro.pipeline.runset import read_params, runs
 
         hub.split_reference(args.repo_id)
         targets = [(Path("models/teacher"), f"{args.repo_id}-teacher")]
@@ -100,37 +102,37 @@ def _publish(args: argparse.Namespace) -> None:
         published = hub.publish(model_dir, repo_id, revision=args.revision, private=args.private,
                                 dry_run=args.dry_run, out_dir=out)
         if not args.dry_run and not args.no_track:
-            from repro import tracking
+            from repro.tracking import runs as tracking
 
             tracking.tag_published(model_dir, published["repo_id"], published["revision"])
 
 
 def _pull(args: argparse.Namespace) -> None:
-    from repro import hub
+    from repro.registry import hub
 
     hub.pull(args.reference, Path(args.out))
 
 
 def _registry(args: argparse.Namespace) -> None:
-    from repro import tracking
+    from repro.tracking import runs as tracking
 
     print(tracking.format_registry(tracking.list_registry()))
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from repro import audit
+    from repro.tracking import audit
 
     print(audit.audit(args.reference))
 
 
 def _report(args: argparse.Namespace) -> None:
-    from repro import report
+    from repro.pipeline import report
 
     report.write_report(Path(args.metrics_dir), Path(args.out), Path(args.diagnostics) if args.diagnostics else None)
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from repro import compare
+    from repro.pipeline import compare
 
     compare.write_comparison(Path(args.published), [Path(path) for path in args.results], Path(args.out),
                              Path(args.metrics_dir))
@@ -138,7 +140,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 def _ablate(args: argparse.Namespace) -> None:
     import repro.configurables  # noqa: F401
-    from repro import ablate
+    from repro.pipeline import ablate
 
     ablate.run_ablations(Path(args.params), Path(args.teacher), Path(args.metrics_dir), Path(args.out),
                          track=not args.no_track)
@@ -146,13 +148,13 @@ def _ablate(args: argparse.Namespace) -> None:
 
 def _shift_sweep(args: argparse.Namespace) -> None:
     import repro.configurables  # noqa: F401
-    from repro import shift_sweep
+    from repro.pipeline import shift_sweep
 
     shift_sweep.run_sweep(Path(args.params), Path(args.teacher), Path(args.out), track=not args.no_track)
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from repro import bench
+    from repro.pipeline import bench
 
     if args.profile:  # a paper profile on random images of its dataset's shape
         import repro.configurables  # noqa: F401
@@ -173,10 +175,10 @@ def _bench(args: argparse.Namespace) -> None:
 
 def _diagnose(args: argparse.Namespace) -> None:
     _configured(args)
-    from repro import diagnose
+    from repro.pipeline import diagnose
 
     if args.params:  # exactly the students params.yaml lists (stale folders are ignored)
-        from repro.runset import read_params, runs
+        from repro.pipeline.runset import read_params, runs
 
         models = [folder for run in runs(read_params(Path(args.params))) for folder in (run.baseline_dir, run.kdci_dir)]
     else:
@@ -339,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
     try:
         if launched:  # started by torchrun: join the process group first (torch imported only then)
-            from repro import distributed
+            from repro.train import distributed
 
             distributed.init_from_env()
         run(args)

@@ -30,9 +30,9 @@ def _unparsable(bindings: list[str]) -> str | None:
 
 
 def parse(files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None:
-    """Clear gin, then parse ``files`` in order and apply ``bindings`` (``NAME=VALUE``) last."""
-    import repro.configurables  # noqa: F401  (every name must be known before parsing)
+    """Clear gin, then parse ``files`` in order and apply ``bindings`` (``NAME=VALUE``) last.
 
+    The names must be registered first (``import repro.configurables``; the CLI does it)."""
     gin.clear_config()
     files = [Path(f) for f in files]
     for path in files:

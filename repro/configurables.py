@@ -1,8 +1,10 @@
-"""The single place where names become available to gin.
+"""Every gin name of the package, made known by importing the modules that declare them.
 
-Importing this module registers every configurable of the package (they are decorated in their
-own modules, imported here) and torch's optimisers and schedulers (``@SGD``, ``@Adam``,
-``@CosineAnnealingLR``, ``@MultiStepLR`` ...) from ``gin.torch.external_configurables``.
+It sits at the top beside the CLI: nothing in the library or the pipeline imports it (that would
+be an import circle), and :func:`repro.config.parse` does not import it either. The CLI imports it
+before parsing; so does code that parses gin files itself (tests, notebooks): ``import
+repro.configurables``. torch's optimisers and schedulers (``@SGD``, ``@Adam``,
+``@CosineAnnealingLR``, ``@MultiStepLR`` ...) come from ``gin.torch.external_configurables``.
 """
 
 import warnings
@@ -12,8 +14,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import gin.torch.external_configurables  # noqa: F401  (registers torch.optim and lr_scheduler)
 
-from repro import architecture, data, engine, methods, pools, stages  # noqa: E402,F401
-from repro import ablate, bench, diagnose, shift_sweep  # noqa: E402,F401
+from repro import methods  # noqa: E402,F401  (every baseline and its presets)
+from repro.data import datasets, pools  # noqa: E402,F401
 from repro.kdci import method as kdci_method  # noqa: E402,F401
-
-__all__ = ["architecture", "data", "engine", "methods", "pools", "stages", "kdci_method", "ablate", "bench", "diagnose", "shift_sweep"]
+from repro.nets import spec  # noqa: E402,F401
+from repro.pipeline import ablate, bench, diagnose, shift_sweep, stages  # noqa: E402,F401
+from repro.registry import import_teacher  # noqa: E402,F401
+from repro.train import engine  # noqa: E402,F401

@@ -9,6 +9,8 @@ import gin
 import pytest
 import torch
 
+import repro.configurables  # noqa: F401  (every gin name, as the CLI registers them)
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = [REPO / "gin/experiments/digits.gin", REPO / "gin/profiles/smoke.gin"]
 
@@ -31,7 +33,8 @@ def _no_shared_mlflow(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory) -> Path:
     """A digits teacher trained with the smoke profile (about 5 s), without MLflow."""
-    from repro import config, stages
+    from repro import config
+    from repro.pipeline import stages
 
     root = tmp_path_factory.mktemp("teacher")
     config.parse(SMOKE)

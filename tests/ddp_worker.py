@@ -35,15 +35,17 @@ class _Metrics:
 
 
 def main(repo: str, teacher_dir: str, out: str) -> None:
-    from repro import checkpoint, config, distributed
-    from repro.data import DataSpec
-    from repro.engine import Trainer, seed_everything
+    from repro import artefact, config
+    from repro.data.datasets import DataSpec
+    from repro.train import distributed
+    from repro.train.device import seed_everything
+    from repro.train.engine import Trainer
 
     distributed.init_from_env()
     root = Path(repo)
     config.parse([root / "gin/experiments/digits.gin", root / "gin/methods/dafl.gin", root / "gin/profiles/smoke.gin"],
                  ["DISTILL_EPOCHS = 2", "STUDENT_STEPS = 10"])
-    teacher, teacher_config = checkpoint.load_artefact(Path(teacher_dir))
+    teacher, teacher_config = artefact.load_artefact(Path(teacher_dir))
     spec = DataSpec.from_dict(teacher_config["data"])
     seed_everything(0)
     student = gin.query_parameter("distill.student").scoped_configurable_fn().build(

@@ -1,7 +1,7 @@
 """Checkpoints and artefacts on disk: written atomically and durably, never read when damaged, and a
 foreign resume state is handled by one explicit rule.
 
-The rule (repro/checkpoint.py): a repro checkpoint written by another configuration of the stage
+The rule (repro/artefact.py): a repro checkpoint written by another configuration of the stage
 (another fingerprint) is ignored with a printed note and training restarts from epoch 1; a file that
 is not a readable repro checkpoint (truncated, another program's .pt or safetensors file) is refused
 with one ``error:`` line and left where it is for the user to look at.
@@ -16,18 +16,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_errors import assert_one_line_error, run_main, snapshot
 from torch import nn
 
-from cli_errors import assert_one_line_error, run_main, snapshot
-from repro import checkpoint
+from repro import artefact, io
 from repro.errors import UserError
+from repro.train import resume
 
 STATE = {"fingerprint": "abc", "epoch": 1, "model": {"w": torch.ones(3)}, "optimizer": {}, "scheduler": {},
          "method": {}, "rng": {}}
 
 
 def _fsynced_paths(monkeypatch) -> list[str]:
-    """Record what every os.fsync in checkpoint.py flushes (by the path of its descriptor)."""
+    """Record what every os.fsync in artefact.py flushes (by the path of its descriptor)."""
     synced: list[str] = []
     real = os.fsync
 
@@ -35,7 +36,7 @@ def _fsynced_paths(monkeypatch) -> list[str]:
         synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
         real(descriptor)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", record)
+    monkeypatch.setattr(io.os, "fsync", record)
     return synced
 
 
@@ -43,10 +44,10 @@ def _fsynced_paths(monkeypatch) -> list[str]:
 def test_training_state_is_fsynced_then_renamed_into_place(tmp_path: Path, monkeypatch) -> None:
     synced = _fsynced_paths(monkeypatch)
     path = tmp_path / "run" / "last.pt"
-    checkpoint.save_training_state(path, STATE)
+    resume.save_training_state(path, STATE)
     assert synced == [str(path) + ".partial", str(path.parent)]  # the file before the rename, the folder after
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
-    assert checkpoint.load_training_state(path, "abc")["epoch"] == 1
+    assert resume.load_training_state(path, "abc")["epoch"] == 1
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name file descriptors")
@@ -54,7 +55,7 @@ def test_artefact_files_are_fsynced_before_the_folder_is_renamed(tmp_path: Path,
     synced = _fsynced_paths(monkeypatch)
     out = tmp_path / "artefact"
     extra = {"extra.bin": lambda path: path.write_bytes(b"x")}
-    checkpoint.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "# gin", extra)
+    artefact.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "# gin", extra)
     partial = tmp_path / ".artefact.partial"
     expected = {str(partial / name) for name in ("model.safetensors", "operative_config.gin", "extra.bin", "config.json")}
     assert expected | {str(partial), str(tmp_path)} == set(synced)
@@ -65,21 +66,21 @@ def test_artefact_files_are_fsynced_before_the_folder_is_renamed(tmp_path: Path,
 def test_debris_of_a_killed_write_is_never_read_and_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     path.with_name("last.pt.partial").write_bytes(b"PK\x03\x04 half a zip")  # a kill during torch.save
-    assert checkpoint.load_training_state(path, "abc") is None
-    checkpoint.save_training_state(path, STATE)
+    assert resume.load_training_state(path, "abc") is None
+    resume.save_training_state(path, STATE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
     out = tmp_path / "student"
     (tmp_path / ".student.partial").mkdir()  # a kill while the artefact was being written
     (tmp_path / ".student.partial" / "model.safetensors").write_bytes(b"\0")
     (tmp_path / ".student.previous").mkdir()  # a kill between the two renames of a replacement
-    checkpoint.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "")
-    checkpoint.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "")
+    artefact.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "")
+    artefact.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "student"]
 
 
 def _truncated(path: Path) -> None:
-    checkpoint.save_training_state(path, STATE)
+    resume.save_training_state(path, STATE)
     path.write_bytes(path.read_bytes()[:300])
 
 
@@ -115,15 +116,15 @@ def test_unreadable_or_foreign_checkpoint_is_refused(case: str, tmp_path: Path) 
     write(path)
     before = path.read_bytes()
     with pytest.raises(UserError, match=re.escape(fragment)) as raised:
-        checkpoint.load_training_state(path, "abc")
+        resume.load_training_state(path, "abc")
     assert "\n" not in str(raised.value) and "delete it to start the stage over" in str(raised.value)
     assert path.read_bytes() == before  # refused, not deleted: the user decides
 
 
 def test_checkpoint_of_another_configuration_is_ignored_with_a_note(tmp_path: Path, capsys) -> None:
     path = tmp_path / "last.pt"
-    checkpoint.save_training_state(path, {**STATE, "fingerprint": "other"})
-    assert checkpoint.load_training_state(path, "abc") is None
+    resume.save_training_state(path, {**STATE, "fingerprint": "other"})
+    assert resume.load_training_state(path, "abc") is None
     assert capsys.readouterr().out == (f"note: ignoring checkpoint {path}: a different configuration or teacher wrote "
                                        "it; training starts from epoch 1 and overwrites it\n")
 
@@ -141,12 +142,12 @@ def _checkpoint_for(root: Path) -> Path:
 def test_cli_restarts_over_a_checkpoint_of_another_configuration(teacher_dir: Path, tmp_path: Path, capfd,
                                                                  monkeypatch) -> None:
     stale = _checkpoint_for(tmp_path)
-    checkpoint.save_training_state(stale, {**STATE, "fingerprint": "written by another --bind"})
+    resume.save_training_state(stale, {**STATE, "fingerprint": "written by another --bind"})
     outcome = run_main(_distill_argv(teacher_dir, tmp_path), capfd, monkeypatch)
     assert outcome.code == 0, outcome.stderr_lines
     assert f"note: ignoring checkpoint {stale}: a different configuration or teacher wrote it" in outcome.stdout
     assert "resuming" not in outcome.stdout and "epoch 1/2" in outcome.stdout
-    checkpoint.load_artefact(tmp_path / "student")
+    artefact.load_artefact(tmp_path / "student")
     assert not stale.exists()  # the stage completed and removed its resume state
 
 
@@ -175,11 +176,11 @@ def test_full_disk_in_a_safetensors_writer_is_one_line_and_keeps_the_previous_ar
     from safetensors import SafetensorError
 
     out = tmp_path / "student"
-    checkpoint.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "first")
+    artefact.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "first")
     before = snapshot(tmp_path)
     disk_full = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     with pytest.raises(UserError) as raised:
-        checkpoint.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "second",
+        artefact.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "second",
                                  {"sample.safetensors": _Failing(disk_full)})
     assert str(raised.value) == (f"no space left on device while writing {out}; free space and re-run "
                                  "(the previous artefact is kept)")
@@ -190,13 +191,13 @@ def test_other_write_failures_name_the_cause(tmp_path: Path) -> None:
     denied = OSError(errno.EACCES, "Permission denied")
     with pytest.raises(UserError, match=r"could not write .*student \(Permission denied\); fix the cause and re-run "
                                         r"\(nothing was written\)"):
-        checkpoint.save_artefact(tmp_path / "student", nn.Linear(2, 2), {}, "", {"x": _Failing(denied)})
+        artefact.save_artefact(tmp_path / "student", nn.Linear(2, 2), {}, "", {"x": _Failing(denied)})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bug_in_a_writer_is_not_disguised_as_a_disk_problem(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
-        checkpoint.save_artefact(tmp_path / "student", nn.Linear(2, 2), {}, "", {"x": _Failing(KeyError("bug"))})
+        artefact.save_artefact(tmp_path / "student", nn.Linear(2, 2), {}, "", {"x": _Failing(KeyError("bug"))})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -245,7 +246,7 @@ def test_dictionary_written_and_read_back(tmp_path: Path) -> None:
 
 def test_a_kill_between_the_two_renames_points_to_the_previous_artefact(tmp_path: Path) -> None:
     out = tmp_path / "teacher"
-    checkpoint.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "")
+    artefact.save_artefact(out, nn.Linear(2, 2), {"architecture": {"name": "n"}, "data": {}}, "")
     out.rename(tmp_path / ".teacher.previous")  # the state between `out -> .previous` and `.partial -> out`
     with pytest.raises(UserError, match=re.escape(f"the previous version is in {tmp_path / '.teacher.previous'}")):
-        checkpoint.read_config(out)
+        artefact.read_config(out)

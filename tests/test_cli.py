@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 EXPERIMENT = "gin/experiments/digits.gin"
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
-from conftest import REPO, SMOKE
-from repro import config, stages
-from repro.data import CIFAR10, Digits, ImageFolderDataset, RealDataset
+from repro import config
+from repro.data.datasets import CIFAR10, Digits, ImageFolderDataset, RealDataset
 from repro.errors import UserError
+from repro.pipeline import stages
 
 
 def test_digits_split_is_stratified_disjoint_and_seeded() -> None:
@@ -83,7 +83,7 @@ def test_distill_reads_no_real_data_but_the_pool(method: str, teacher_dir: Path,
 
 
 def test_shifted_digits_pool_has_the_skew_and_degradation_asked_for() -> None:
-    from repro.pools import ShiftedDigits, class_weights
+    from repro.data.pools import ShiftedDigits, class_weights
 
     spec = Digits().spec
     clean = ShiftedDigits(dataset=Digits(), count=4000, skew=0.0, degradation=0.0).images(spec)
@@ -98,7 +98,7 @@ def test_shifted_digits_pool_has_the_skew_and_degradation_asked_for() -> None:
 
 
 def test_photo_patches_are_not_digits() -> None:
-    from repro.pools import PhotoPatches
+    from repro.data.pools import PhotoPatches
 
     spec = Digits().spec
     patches = PhotoPatches(count=64).images(spec)

@@ -51,9 +51,9 @@ def test_teacher_stage_under_torchrun_matches_one_process(tmp_path):
 
 
 def test_global_batch_must_split_evenly(monkeypatch):
-    from repro import distributed
-    from repro.engine import Trainer
     from repro.errors import UserError
+    from repro.train import distributed
+    from repro.train.engine import Trainer
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(UserError, match="batch_size \\(128\\) must be divisible by the 3 processes"):

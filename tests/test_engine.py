@@ -7,13 +7,15 @@ from pathlib import Path
 import gin
 import pytest
 import torch
-
 from conftest import REPO
-from repro import checkpoint, config
-from repro.data import DataSpec
-from repro.engine import Trainer, seed_everything
+
+from repro import artefact, config
+from repro.data.datasets import DataSpec
 from repro.errors import TrainingDiverged, UserError
 from repro.methods.base import Batch, DFKDMethod
+from repro.train import resume
+from repro.train.device import seed_everything
+from repro.train.engine import Trainer
 
 DAFL_SMOKE = [REPO / "gin/experiments/digits.gin", REPO / "gin/methods/dafl.gin", REPO / "gin/profiles/smoke.gin"]
 BINDINGS = ["DISTILL_EPOCHS = 3", "student/Trainer.steps_per_epoch = 4", "student/Trainer.student_steps_per_round = 2"]
@@ -54,7 +56,7 @@ def _run(teacher_dir: Path, ckpt: Path | None, kill_after: int | None = None,
          kdci: bool = False) -> dict[str, torch.Tensor]:
     files = DAFL_SMOKE[:2] + [REPO / "gin/kdci.gin"] * kdci + DAFL_SMOKE[2:]
     config.parse(files, BINDINGS + ["KDCI.dictionary_samples = 128", "KDCI.num_prototypes = 4", "KDCI.pca_dim = 8"])
-    teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
+    teacher, teacher_config = artefact.load_artefact(teacher_dir)
     spec = DataSpec.from_dict(teacher_config["data"])
     seed_everything(0)
     student = gin.query_parameter("distill.student").scoped_configurable_fn().build(num_classes=10, in_channels=1)
@@ -106,4 +108,4 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     bad = tmp_path / "last.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="corrupt"):
-        checkpoint.load_training_state(bad, "x")
+        resume.load_training_state(bad, "x")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import gin
 import pytest
-
 from conftest import REPO
+
 from repro import config
-from repro.data import RealDataset
-from repro.engine import Trainer
+from repro.data.datasets import RealDataset
 from repro.errors import UserError
 from repro.methods.base import DFKDMethod
+from repro.train.engine import Trainer
 
 # The digits default and one CIFAR pair cross every method and profile here; every paper cell
 # (every experiment x method x paper profile, on FakeImages) is built by tests/test_paper_profiles.py.
@@ -56,7 +56,7 @@ def test_experiment_method_profile_builds(experiment: Path, method: Path, profil
 
 
 def test_every_ablation_variant_applies_on_top_of_kdci() -> None:
-    from repro import ablate
+    from repro.pipeline import ablate
 
     config.parse([REPO / "gin/ablations.gin"])
     variants = ablate.ablation_variants()

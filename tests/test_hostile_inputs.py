@@ -20,7 +20,6 @@ from pathlib import Path
 import gin
 import pytest
 import torch
-
 from cli_errors import assert_one_line_error, run_main, snapshot
 from conftest import REPO
 
@@ -41,7 +40,8 @@ def _binds(*bindings: str) -> list[str]:
 @pytest.fixture(scope="module")
 def student_dir(teacher_dir: Path, tmp_path_factory) -> Path:
     """A small dafl+KDCI student artefact (weights + confounder dictionary)."""
-    from repro import config, stages
+    from repro import config
+    from repro.pipeline import stages
 
     root = tmp_path_factory.mktemp("student")
     config.parse([REPO / "gin/experiments/digits.gin", REPO / "gin/methods/dafl.gin", REPO / "gin/kdci.gin",
@@ -86,7 +86,7 @@ def _copy(artefact: Path, to: Path) -> Path:
 
 def _redigest(artefact: Path, name: str) -> None:
     """Make config.json vouch for ``name`` as it is now (damage the digest cannot catch)."""
-    from repro.checkpoint import sha256_of
+    from repro.io import sha256_of
 
     record = json.loads((artefact / "config.json").read_text())
     record["files"][name] = sha256_of(artefact / name)
@@ -434,10 +434,10 @@ class _FullDisk:
 
 def _disk_fills_at(monkeypatch, failing) -> None:
     """Writes of files for which ``failing(path)`` holds hit a full disk after 100 bytes."""
-    from repro import checkpoint
+    from repro import io
 
-    real = checkpoint._open_for_writing
-    monkeypatch.setattr(checkpoint, "_open_for_writing",
+    real = io._open_for_writing
+    monkeypatch.setattr(io, "_open_for_writing",
                         lambda path: _FullDisk(real(path), 100) if failing(Path(path)) else real(path))
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run_cli
 from hub_server import FakeHub
-from repro import checkpoint, config, stages
-from repro.card import CARD_FILE, read_card_checksums
+
+from repro import artefact, config, io
 from repro.errors import UserError
+from repro.pipeline import stages
+from repro.registry.card import CARD_FILE, read_card_checksums
 
 
 @pytest.fixture(autouse=True)
@@ -54,14 +55,14 @@ def published_run(tmp_path_factory, teacher_dir) -> Path:
 
 
 def _publish(run: Path, family: str, repo_id: str, endpoint: str, **kwargs):
-    from repro import hub
+    from repro.registry import hub
 
     return hub.publish(run / "models" / family / "dafl" / "seed0", repo_id, endpoint=endpoint,
                        metrics_dir=run / "metrics", results_path=run / "none.json", backoff=0, **kwargs)
 
 
 def test_dry_run_writes_a_card_with_hub_metadata_and_results(published_run: Path, tmp_path: Path) -> None:
-    from repro import hub
+    from repro.registry import hub
 
     out = tmp_path / "staged"
     hub.publish(published_run / "models/kdci/dafl/seed0", "someone/dafl-kdci", dry_run=True, out_dir=out,
@@ -80,14 +81,14 @@ def test_dry_run_writes_a_card_with_hub_metadata_and_results(published_run: Path
     assert f"| dafl | {baseline['top1']:.2f} |" in card and f"| dafl + KDCI | {measured['top1']:.2f} |" in card
     checksums = read_card_checksums(card)
     assert set(checksums) == names - {CARD_FILE}
-    assert all(checksums[name] == checkpoint.sha256_of(out / name) for name in checksums)
+    assert all(checksums[name] == io.sha256_of(out / name) for name in checksums)
     assert "arXiv:2403.19539" in card and "load_student" in card
 
 
 @pytest.mark.parametrize("family", ["students", "kdci"])
 def test_publish_pull_evaluate_reproduces_the_card(published_run: Path, hub: FakeHub, tmp_path: Path,
                                                    family: str) -> None:
-    from repro import hub as hubmod
+    from repro.registry import hub as hubmod
 
     repo_id = f"lab/dafl-{family}"
     published = _publish(published_run, family, repo_id, hub.endpoint)
@@ -98,14 +99,14 @@ def test_publish_pull_evaluate_reproduces_the_card(published_run: Path, hub: Fak
     config.parse([REPO / "gin/experiments/digits.gin", REPO / "gin/profiles/smoke.gin"])
     measured = stages.evaluate(folder, tmp_path / "measured.json", track=False)
     assert measured["top1"] == hubmod.card_metrics(folder)["top1"]
-    model, loaded = checkpoint.load_artefact(folder)
+    model, loaded = artefact.load_artefact(folder)
     assert ("intervention" in loaded) == (family == "kdci")
     if family == "kdci":
         assert model.dictionary is not None  # the dictionary came with the student
 
 
 def test_pinned_revision_survives_a_later_commit(published_run: Path, hub: FakeHub, tmp_path: Path) -> None:
-    from repro import hub as hubmod
+    from repro.registry import hub as hubmod
 
     first = _publish(published_run, "students", "lab/pinned", hub.endpoint)["revision"]
     second = _publish(published_run, "kdci", "lab/pinned", hub.endpoint)["revision"]
@@ -117,7 +118,7 @@ def test_pinned_revision_survives_a_later_commit(published_run: Path, hub: FakeH
 
 
 def test_tampered_download_is_refused_and_nothing_is_left(published_run: Path, hub: FakeHub, tmp_path: Path) -> None:
-    from repro import hub as hubmod
+    from repro.registry import hub as hubmod
 
     _publish(published_run, "students", "lab/tampered", hub.endpoint)
     staged = tmp_path / "evil"
@@ -133,7 +134,7 @@ def test_tampered_download_is_refused_and_nothing_is_left(published_run: Path, h
 
 
 def test_hub_failures_are_one_line_errors(published_run: Path, hub: FakeHub, tmp_path: Path) -> None:
-    from repro import hub as hubmod
+    from repro.registry import hub as hubmod
 
     with pytest.raises(UserError, match="does not exist .* or your token cannot see it"):
         hubmod.pull("lab/missing", tmp_path / "m", endpoint=hub.endpoint, cache_dir=tmp_path / "c", backoff=0)
@@ -149,7 +150,7 @@ def test_hub_failures_are_one_line_errors(published_run: Path, hub: FakeHub, tmp
 
 
 def test_transient_server_errors_are_retried(published_run: Path, hub: FakeHub, tmp_path: Path) -> None:
-    from repro import hub as hubmod
+    from repro.registry import hub as hubmod
 
     _publish(published_run, "students", "lab/flaky", hub.endpoint)
     hub.fail_next("/api/models/lab/flaky/revision", 503, times=1)
@@ -181,8 +182,8 @@ def test_cli_pull_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_registry_records_versions_and_publication(teacher_dir: Path, hub: FakeHub, tmp_path: Path,
                                                    monkeypatch) -> None:
-    from repro import hub as hubmod
-    from repro import tracking
+    from repro.registry import hub as hubmod
+    from repro.tracking import runs as tracking
 
     monkeypatch.chdir(tmp_path)
     config.parse([REPO / "gin/experiments/digits.gin", REPO / "gin/methods/dafl.gin", REPO / "gin/profiles/smoke.gin"],
@@ -229,7 +230,7 @@ def test_offline_pull_serves_the_cache_and_explains_a_miss(published_run: Path, 
                                                            monkeypatch) -> None:
     from huggingface_hub import constants
 
-    from repro import hub as hubmod
+    from repro.registry import hub as hubmod
 
     _publish(published_run, "students", "lab/cached", hub.endpoint)
     hubmod.pull("lab/cached", tmp_path / "online", endpoint=hub.endpoint, cache_dir=tmp_path / "cache")

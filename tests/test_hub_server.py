@@ -10,6 +10,7 @@ import pytest
 
 hf = pytest.importorskip("huggingface_hub")
 import httpx2  # noqa: E402 - the client's HTTP library (huggingface_hub 2.x)
+from hub_server import FakeHub  # noqa: E402 - tests/ is on sys.path, as for conftest
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download  # noqa: E402
 from huggingface_hub.errors import (  # noqa: E402
     EntryNotFoundError,
@@ -18,8 +19,6 @@ from huggingface_hub.errors import (  # noqa: E402
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url  # noqa: E402
-
-from hub_server import FakeHub  # noqa: E402 - tests/ is on sys.path, as for conftest
 
 # The client itself uploads bytes with httpx2's deprecated `data=` (LFS PUT): not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

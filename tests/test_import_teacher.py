@@ -18,11 +18,11 @@ from torch import nn
 from torchvision import transforms
 from torchvision.datasets import FakeData
 
-from repro import checkpoint, cli
-from repro.data import CIFAR10, DataSpec, RealDataset
+from repro import artefact, cli, io
+from repro.data.datasets import CIFAR10, DataSpec, RealDataset
 from repro.errors import UserError
-from repro.evaluate import accuracy
-from repro.import_teacher import import_teacher
+from repro.registry.import_teacher import import_teacher
+from repro.train.evaluate import accuracy
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 TEST_IMAGES = 64
@@ -204,16 +204,16 @@ def test_round_trip_gives_bit_identical_logits(arch: str, tmp_path: Path) -> Non
     metrics = run(source, arch, out, expected_top1=expected, metrics_path=metrics_path)
 
     # The same layout `repro train-teacher` writes, loadable by what distill and publish call.
-    assert sorted(path.name for path in out.iterdir()) == sorted([checkpoint.CONFIG_FILE, checkpoint.GIN_FILE,
-                                                                  checkpoint.WEIGHTS_FILE])
-    model, config = checkpoint.load_artefact(out)
+    assert sorted(path.name for path in out.iterdir()) == sorted([artefact.CONFIG_FILE, artefact.GIN_FILE,
+                                                                  artefact.WEIGHTS_FILE])
+    model, config = artefact.load_artefact(out)
     assert DataSpec.from_dict(config["data"]).num_classes == 10 and config["role"] == "teacher"
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(model(images), source_model(images))
 
     record = config["imported_from"]
-    assert record["sha256"] == checkpoint.sha256_of(source)
+    assert record["sha256"] == io.sha256_of(source)
     assert record["measured_top1"] == metrics["top1"] == expected
     assert record["reported_best_acc1"] == 94.87 and "stripped_prefix" not in record
     source_keys = list(source_model.state_dict())
@@ -228,7 +228,7 @@ def test_vgg_import_keeps_zju_vipa_pooling_at_every_input_size(tmp_path: Path) -
     assert all(not torch.all(conv.bias == 0) for conv in source_model.modules() if isinstance(conv, nn.Conv2d))
     source = save_zju(source_model, tmp_path / "cifar100_vgg11.pth", prefix="module.")
     run(source, "vgg11_bn", tmp_path / "teacher", dataset=FakeCifar10(num_classes=100), expected_top1=0.0)
-    model, config = checkpoint.load_artefact(tmp_path / "teacher")
+    model, config = artefact.load_artefact(tmp_path / "teacher")
     record = config["imported_from"]
     assert record["family"] == "vgg" and record["key_map"]["block3.3.weight"] == "stages.3.3.weight"
     with torch.no_grad():
@@ -253,7 +253,7 @@ def test_data_parallel_prefix_and_bare_state_dict(tmp_path: Path) -> None:
     source_model = zju_model("wrn16_1", seed=3)
     source = save_zju(source_model, tmp_path / "dp.pth", prefix="module.", bare=True)
     run(source, "wrn16_1", tmp_path / "teacher", expected_top1=reference_top1(source_model))
-    model, config = checkpoint.load_artefact(tmp_path / "teacher")
+    model, config = artefact.load_artefact(tmp_path / "teacher")
     assert config["imported_from"]["stripped_prefix"] == "module."
     assert config["imported_from"]["container"] == "bare state_dict"
     images = torch.randn(4, 3, 32, 32)
@@ -332,7 +332,7 @@ def test_accuracy_far_below_expected_is_refused(tmp_path: Path) -> None:
     assert not metrics_path.exists()
     # Just inside the tolerance is accepted.
     run(source, "wrn16_1", tmp_path / "teacher", expected_top1=measured + 1.5, tolerance=2.0)
-    assert (tmp_path / "teacher" / checkpoint.CONFIG_FILE).exists()
+    assert (tmp_path / "teacher" / artefact.CONFIG_FILE).exists()
 
 
 def test_expected_top1_defaults_to_the_benchmark_and_is_required_otherwise(tmp_path: Path) -> None:
@@ -362,7 +362,7 @@ def test_cli_imports_through_the_gin_dataset_and_publish_accepts_it(tmp_path: Pa
                      "--data-root", str(tmp_path / "cifar"), "--metrics", "metrics/teacher.json"])
     assert code == 0, capsys.readouterr().err
     assert opened == [str(tmp_path / "cifar")]
-    operative = (tmp_path / "models/teacher" / checkpoint.GIN_FILE).read_text()
+    operative = (tmp_path / "models/teacher" / artefact.GIN_FILE).read_text()
     assert "CIFAR10.root" in operative and repr(str(tmp_path / "cifar")) in operative
     assert "import_teacher.dataset = %DATASET" in operative
     assert cli.main(["publish", "--repo-id", "org/imported-teacher", "--model", "models/teacher", "--dry-run",

@@ -7,15 +7,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from repro import checkpoint, nets
-from repro.data import DataSpec
+from repro import artefact, nets
+from repro.data.datasets import DataSpec
 from repro.errors import UserError
-from repro.kdci.dictionary import ConfounderDictionary, build_dictionary, kmeans_plus_plus
-from repro.kdci.intervention import AdditiveAttention, DotProductAttention, UniformAttention, nwgm_expectation
+from repro.kdci.dictionary import (
+    ConfounderDictionary,
+    build_dictionary,
+    kmeans_plus_plus,
+)
+from repro.kdci.intervention import (
+    AdditiveAttention,
+    DotProductAttention,
+    UniformAttention,
+    nwgm_expectation,
+)
 from repro.kdci.method import KDCI
-from repro.kdci.model import DeconfoundedStudent
+from repro.kdci.model import DICTIONARY_FILE, DeconfoundedStudent
 from repro.methods.generative import GenerativeDFKD
-from repro.architecture import NetSpec
+from repro.nets.spec import NetSpec
 
 SPEC = DataSpec(name="digits", num_classes=10, channels=1, image_size=8, mean=(0.3,), std=(0.37,))
 
@@ -92,9 +101,9 @@ def test_gradients_reach_attention_and_fusion_not_dictionary() -> None:
 
 
 def _trained_kdci_student(teacher_dir: Path) -> tuple[KDCI, torch.nn.Module, dict]:
-    from repro.engine import Trainer
+    from repro.train.engine import Trainer
 
-    teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
+    teacher, teacher_config = artefact.load_artefact(teacher_dir)
     base = GenerativeDFKD(generator=NetSpec("dcgan_generator", {"latent_dim": 16, "base_channels": 8}),
                 generator_optimizer=torch.optim.Adam, synthesis_batch_size=32)
     method = KDCI(base=base, num_prototypes=5, pca_dim=6, dictionary_samples=200, warmup_epochs=1)
@@ -107,14 +116,14 @@ def _trained_kdci_student(teacher_dir: Path) -> tuple[KDCI, torch.nn.Module, dic
 
 def test_save_load_round_trip_gives_identical_predictions(teacher_dir: Path, tmp_path: Path) -> None:
     method, model, config = _trained_kdci_student(teacher_dir)
-    checkpoint.save_artefact(tmp_path / "kdci", model, config, "", method.artefact_files())
-    assert (tmp_path / "kdci" / checkpoint.DICTIONARY_FILE).is_file()
-    loaded, loaded_config = checkpoint.load_artefact(tmp_path / "kdci")
+    artefact.save_artefact(tmp_path / "kdci", model, config, "", method.artefact_files())
+    assert (tmp_path / "kdci" / DICTIONARY_FILE).is_file()
+    loaded, loaded_config = artefact.load_artefact(tmp_path / "kdci")
     assert isinstance(loaded, DeconfoundedStudent) and loaded.active
     images = torch.randn(16, 1, 8, 8)
     assert torch.equal(model.eval()(images), loaded(images))
     assert not torch.equal(loaded(images), loaded.backbone(images)), "the intervention must change the prediction"
-    dictionary = ConfounderDictionary.load(tmp_path / "kdci" / checkpoint.DICTIONARY_FILE)
+    dictionary = ConfounderDictionary.load(tmp_path / "kdci" / DICTIONARY_FILE)
     assert dictionary.metadata()["num_prototypes"] == "5" and dictionary.feature_source == "penultimate"
     assert loaded_config["method"]["name"] == "dafl+kdci"
 
@@ -140,7 +149,9 @@ def test_more_prototypes_than_samples_is_a_clear_error() -> None:
 
 def test_bench_measures_both_students_and_dictionary_builds() -> None:
     from conftest import REPO
-    from repro import bench, config
+
+    from repro import config
+    from repro.pipeline import bench
 
     gin_dir = REPO / "gin"
     config.parse([gin_dir / "experiments/digits.gin", gin_dir / "methods/dafl.gin", gin_dir / "kdci.gin",

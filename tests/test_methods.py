@@ -7,12 +7,13 @@ from pathlib import Path
 import gin
 import pytest
 import torch
-
 from conftest import REPO
+
 from repro import config, nets
-from repro.data import DataSpec
-from repro.engine import Trainer, seed_everything
+from repro.data.datasets import DataSpec
 from repro.methods.base import DFKDMethod
+from repro.train.device import seed_everything
+from repro.train.engine import Trainer
 
 BASELINES = sorted((REPO / "gin/methods").glob("*.gin"))
 # Every baseline alone and wrapped in KDCI (dictionary built at once, small, so the step is compensated).

@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from repro import cli, compare, report
+
+from repro import cli
 from repro.errors import UserError
+from repro.pipeline import compare, report
 
 PUBLISHED = REPO / "reports/published_numbers.csv"
 
@@ -89,8 +90,8 @@ def test_our_cifar100_numbers_land_in_their_cell_with_the_difference(tmp_path: P
     # The paper's pair-less effect: ours Δ - paper Δ for every pair we ran.
     (paper,) = _published(published, dataset="cifar100", method="dafl", kind="delta")
     effects = markdown.split("## Effects the paper reports without a pair", 1)[1].split("\n## ", 1)[0]
-    assert f"| ResNet-34 → ResNet-18 | +10.00 [" in effects and f"| {10.0 - paper.value:+.2f} |" in effects
-    assert f"| VGG-11 → ResNet-18 | +5.50 [" in effects and f"| {5.5 - paper.value:+.2f} |" in effects
+    assert "| ResNet-34 → ResNet-18 | +10.00 [" in effects and f"| {10.0 - paper.value:+.2f} |" in effects
+    assert "| VGG-11 → ResNet-18 | +5.50 [" in effects and f"| {5.5 - paper.value:+.2f} |" in effects
 
 
 def test_runs_without_counterpart_and_old_results_identified_from_metrics(tmp_path: Path) -> None:

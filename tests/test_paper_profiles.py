@@ -12,7 +12,8 @@ from pathlib import Path
 import gin
 import pytest
 
-from repro import config, stages
+from repro import config
+from repro.pipeline import stages
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ["dafl", "deepinv", "cmi", "fast", "mosaickd", "dfnd"]
@@ -36,7 +37,7 @@ def _files(profile: str, experiment: str, method: str, kdci: bool) -> list[Path]
 
 def _fake(dataset: str) -> list[str]:
     """FakeData with the dataset's shape as both the real data and the unlabeled pool."""
-    return [f"DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "FakeImages.size = 8",
+    return ["DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "FakeImages.size = 8",
             "POOL = @DatasetPool()", "DatasetPool.dataset = @pool/FakeImages()", f"pool/FakeImages.like = '{dataset}'",
             "pool/FakeImages.size = 24", "DatasetPool.split = 'train'", "DatasetPool.count = 24"]
 
@@ -102,9 +103,9 @@ def _run_profile(profile: str, tmp_path: Path, cells: list[tuple[str, bool]]) ->
 
 
 def checkpoint_config(out: Path) -> dict:
-    from repro import checkpoint
+    from repro import artefact
 
-    return checkpoint.read_config(out)
+    return artefact.read_config(out)
 
 
 ALL_CELLS = [(method, kdci) for method in METHODS for kdci in (False, True)]

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
-from repro import ablate, config, report, stages
+
+from repro import config
+from repro.pipeline import ablate, report, stages
 
 GIN = REPO / "gin"
 
@@ -61,7 +62,7 @@ def test_report_and_ablations_from_stage_outputs(teacher_dir: Path, tmp_path: Pa
 def test_frechet_distance_and_shift_score_golden_values() -> None:
     import torch
 
-    from repro.diagnose import frechet_distance, proportions
+    from repro.pipeline.diagnose import frechet_distance, proportions
 
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(4000, 3, generator=generator)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
 
 SMALL = ["DISTILL_EPOCHS = 3", "KDCI.dictionary_samples = 256", "KDCI.num_prototypes = 4", "KDCI.pca_dim = 8",
@@ -78,12 +77,12 @@ class Run:
 
 def _fingerprint(out: Path) -> dict:
     """sha256 of every file of the artefact, and test top-1 of the student it holds."""
-    from repro import checkpoint
-    from repro.data import Digits
-    from repro.evaluate import accuracy
+    from repro import artefact
+    from repro.data.datasets import Digits
+    from repro.train.evaluate import accuracy
 
     files = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(out.iterdir())}
-    model, _ = checkpoint.load_artefact(out)
+    model, _ = artefact.load_artefact(out)
     top1 = accuracy(model, Digits().split("test"), 10, torch.device("cpu"))["top1"]
     return {"files": files, "top1": top1}
 
@@ -145,7 +144,7 @@ def test_kills_at_random_moments_never_load_a_corrupt_checkpoint(teacher_dir: Pa
     debris a kill inside a write would leave: a truncated ``last.pt.partial`` and a half-filled
     ``.student.partial/``. Every checkpoint on disk stays loadable, and the run that is finally allowed
     to finish gives the reference weights."""
-    from repro.checkpoint import load_artefact
+    from repro.artefact import load_artefact
 
     case = "deepinv+kdci"
     expected = reference(case)

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from conftest import REPO
-from repro import shift_sweep
+
+from repro.pipeline import shift_sweep
 
 
 def test_sweep_distills_both_students_and_measures_a_growing_shift(teacher_dir: Path, tmp_path: Path) -> None:

@@ -17,10 +17,12 @@ import gin
 import numpy
 import pytest
 import torch
-
 from conftest import REPO
-from repro import cli, config, stages, tracking
-from repro.data import DataSpec
+
+from repro import cli, config
+from repro.data.datasets import DataSpec
+from repro.pipeline import stages
+from repro.tracking import runs as tracking
 
 DIGITS, SMOKE_PROFILE = REPO / "gin/experiments/digits.gin", REPO / "gin/profiles/smoke.gin"
 KDCI_DAFL = [DIGITS, REPO / "gin/methods/dafl.gin", REPO / "gin/kdci.gin", SMOKE_PROFILE]
@@ -211,7 +213,7 @@ def test_grids_do_not_change_what_is_trained(recorded, teacher_dir, tmp_path) ->
 def test_image_grid_denormalises_with_the_data_spec(tmp_path) -> None:
     from PIL import Image
 
-    from repro.substitution_views import class_proportions, save_image_grid
+    from repro.pipeline.substitution_views import class_proportions, save_image_grid
 
     spec = DataSpec("toy", 3, 3, 4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     pixels = torch.randint(0, 256, (2, 3, 4, 4)).float() / 255

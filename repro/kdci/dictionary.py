@@ -64,7 +64,9 @@ class ConfounderDictionary:
         differ byte for byte (and in their sha256)."""
         from safetensors.torch import save
 
-        from repro.checkpoint import write_durably  # the one write path: fsync'ed, full disk reported in one line
+        from repro.io import (
+            write_durably,  # the one write path: fsync'ed, full disk reported in one line
+        )
 
         write_durably(Path(path), save(self.tensors(), metadata={METADATA_KEY: json.dumps(self.metadata(), sort_keys=True)}))
 

@@ -15,11 +15,16 @@ import gin
 import torch
 from torch import nn
 
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
 from repro.errors import UserError
-from repro.kdci.dictionary import FEATURE_SOURCES, PRIORS, ConfounderDictionary, build_dictionary
+from repro.kdci.dictionary import (
+    FEATURE_SOURCES,
+    PRIORS,
+    ConfounderDictionary,
+    build_dictionary,
+)
 from repro.kdci.intervention import ATTENTIONS, FUSIONS
-from repro.kdci.model import DeconfoundedStudent
+from repro.kdci.model import DICTIONARY_FILE, DeconfoundedStudent
 from repro.methods.base import Batch, DFKDMethod
 
 
@@ -156,8 +161,6 @@ class KDCI(DFKDMethod):
                                                                         state["dictionary"]["metadata"]))
 
     def artefact_files(self) -> dict[str, Callable[[Path], None]]:
-        from repro.checkpoint import DICTIONARY_FILE
-
         files = dict(self.base.artefact_files())
         if self.model.dictionary is None:
             raise UserError("KDCI finished without building its dictionary: KDCI.warmup_epochs must be smaller "

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from repro.artefact import Head, register_head
 from repro.kdci.dictionary import ConfounderDictionary
 from repro.kdci.intervention import make_attention, make_fusion, nwgm_expectation
+
+# The dictionary travels beside the weights in its own safetensors file of the artefact.
+DICTIONARY_FILE = "confounder_dictionary.safetensors"
 
 
 class DeconfoundedStudent(nn.Module):
@@ -71,3 +76,13 @@ class DeconfoundedStudent(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return dict(self.settings)
+
+
+def _attach_dictionary(model: nn.Module, settings: Mapping[str, Any], folder: Path) -> None:
+    model.set_dictionary(ConfounderDictionary.load(folder / DICTIONARY_FILE, settings["num_prototypes"],
+                                                   settings["prototype_dim"]))
+
+
+# config.json's "intervention" record (``describe()``) is how a KDCI student is rebuilt from an artefact.
+register_head("intervention", Head(wrap=lambda backbone, settings: DeconfoundedStudent(backbone, **settings),
+                                   attach=_attach_dictionary))

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
 
 
 @dataclasses.dataclass

@@ -17,11 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro import distributed
-from repro.architecture import NetSpec
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
 from repro.errors import UserError
-from repro.methods.inversion import BNStatistics, PoolDistillation, keep_best, masked_adversarial, random_views
+from repro.methods.inversion import (
+    BNStatistics,
+    PoolDistillation,
+    keep_best,
+    masked_adversarial,
+    random_views,
+)
+from repro.nets.spec import NetSpec
+from repro.train import distributed
 
 
 def reset_generator(generator: nn.Module) -> None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import losses
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
 from repro.errors import UserError
 from repro.methods.inversion import BNStatistics, PoolDistillation, keep_best
 

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro import losses
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
+from repro.data.pools import UnlabeledPool
 from repro.errors import UserError
 from repro.methods.base import Batch
 from repro.methods.sampling import PoolSampling
-from repro.pools import UnlabeledPool
 
 
 @gin.configurable

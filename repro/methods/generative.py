@@ -20,13 +20,14 @@ import gin
 import torch
 from torch import nn
 
-from repro import distributed, losses
-from repro.architecture import NetSpec
-from repro.data import DataSpec
+from repro import losses
+from repro.data.datasets import DataSpec
 from repro.errors import UserError
 from repro.methods.base import Batch, DFKDMethod
 from repro.methods.inversion import BNStatistics
-from repro.optim import build_optimizer
+from repro.nets.spec import NetSpec
+from repro.train import distributed
+from repro.train.optim import build_optimizer
 
 DISCREPANCIES = ("kl", "l1")
 

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro import distributed, losses
-from repro.architecture import NetSpec
-from repro.data import DataSpec
+from repro import losses
+from repro.data.datasets import DataSpec
+from repro.data.pools import UnlabeledPool
 from repro.methods.base import Batch
 from repro.methods.sampling import PoolSampling
-from repro.optim import build_optimizer
-from repro.pools import UnlabeledPool
+from repro.nets.spec import NetSpec
+from repro.train import distributed
+from repro.train.optim import build_optimizer
 
 
 @gin.configurable

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
+from repro.data.pools import UnlabeledPool
 from repro.errors import UserError
 from repro.methods.base import DFKDMethod
-from repro.pools import UnlabeledPool
 
 
 class PoolSampling(DFKDMethod):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from repro import distributed
 from repro.methods.base import Batch, DFKDMethod
+from repro.train import distributed
 
 
 class _EpochPermutations:

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
 from repro.methods.base import DFKDMethod
-from repro.tracking import NullTracker
+from repro.train.hooks import Tracker
 
 GRID_FOLDER = "substitution"
 GRID_IMAGES = 64
@@ -76,14 +76,14 @@ def save_class_proportion_plot(summary: dict[str, Any], title: str, path: Path) 
 
 
 class SubstitutionGrids:
-    """Per-epoch callback (see :class:`repro.tracking.EpochHook`): every ``every`` epochs and at the
+    """Per-epoch callback (``Trainer.fit(on_epoch=...)``): every ``every`` epochs and at the
     last one, log a grid of ``count`` images drawn from ``method.sample`` as
     ``substitution/epoch_NNN.png``.
 
     Drawing runs under a forked RNG, so a run with grids trains exactly like one without.
     """
 
-    def __init__(self, method: DFKDMethod, spec: DataSpec, tracker: NullTracker, every: int, last_epoch: int,
+    def __init__(self, method: DFKDMethod, spec: DataSpec, tracker: Tracker, every: int, last_epoch: int,
                  count: int = GRID_IMAGES) -> None:
         self.method, self.spec, self.tracker = method, spec, tracker
         self.every, self.last_epoch, self.count = every, last_epoch, count
@@ -99,7 +99,7 @@ class SubstitutionGrids:
             self.tracker.log_artifact(path, GRID_FOLDER)
 
 
-def log_class_proportions(tracker: NullTracker, predictions: torch.Tensor, num_classes: int, title: str) -> dict:
+def log_class_proportions(tracker: Tracker, predictions: torch.Tensor, num_classes: int, title: str) -> dict:
     """Log the class-proportion plot and its numbers (``substitution/class_proportions.{png,json}``) and
     the total-variation distance to uniform as metric ``substitution/class_tv_to_uniform``."""
     summary = class_proportions(predictions, num_classes)

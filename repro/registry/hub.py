@@ -24,9 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from repro import checkpoint
-from repro.card import CARD_FILE, METRICS_FILE, read_card_checksums, render_card
+from repro import artefact, io
 from repro.errors import UserError
+from repro.registry.card import (
+    CARD_FILE,
+    METRICS_FILE,
+    read_card_checksums,
+    render_card,
+)
 
 ALLOWED_PATTERNS = ["*.json", "*.safetensors", "*.gin", CARD_FILE]
 T = TypeVar("T")
@@ -91,17 +96,17 @@ def stage_folder(model_dir: Path, repo_id: str, out_dir: Path, metrics_dir: Path
                  results_path: Path = Path("reports/results.json")) -> Path:
     """Write the repository content for ``model_dir`` into ``out_dir`` (the ``--dry-run`` output)."""
     model_dir = Path(model_dir)
-    config = checkpoint.read_config(model_dir)
-    checkpoint.load_artefact(model_dir)  # refuses incomplete or corrupt artefacts before anything is staged
+    config = artefact.read_config(model_dir)
+    artefact.load_artefact(model_dir)  # refuses incomplete or corrupt artefacts before anything is staged
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for name in [checkpoint.CONFIG_FILE, *config["files"]]:  # every file config.json vouches for
+    for name in [artefact.CONFIG_FILE, *config["files"]]:  # every file config.json vouches for
         shutil.copy2(model_dir / name, partial / name)
     metrics = _metrics_of(model_dir, config, metrics_dir)
     (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     results = json.loads(results_path.read_text()) if results_path.exists() else None
-    checksums = {path.name: checkpoint.sha256_of(path) for path in sorted(partial.iterdir())}
+    checksums = {path.name: io.sha256_of(path) for path in sorted(partial.iterdir())}
     (partial / CARD_FILE).write_text(render_card(repo_id, config, metrics, results, checksums,
                                                  _paired_metrics(config, metrics_dir)))
     if out_dir.exists():
@@ -112,7 +117,7 @@ def stage_folder(model_dir: Path, repo_id: str, out_dir: Path, metrics_dir: Path
 
 def _cell(config: dict[str, Any], metrics_dir: Path):
     """The pipeline cell (baseline method, seed) a student belongs to, with its metrics paths."""
-    from repro.runset import run_for
+    from repro.pipeline.runset import run_for
 
     method = config["method"]
     return run_for(method.get("base", method)["name"], config.get("seed", 0), metrics=metrics_dir)
@@ -222,10 +227,10 @@ def verify_folder(folder: Path, reference: str) -> dict[str, Any]:
         path = folder / name
         if not path.exists():
             raise UserError(f"{reference}: {name} listed in the card was not downloaded; pull again")
-        if checkpoint.sha256_of(path) != expected:
+        if io.sha256_of(path) != expected:
             raise UserError(f"{reference}: {name} does not match the sha256 in the card: corrupt or tampered "
                             "download; remove it from the cache and pull again")
-    checkpoint.load_artefact(folder)  # config.json's own digests and the safetensors weights
+    artefact.load_artefact(folder)  # config.json's own digests and the safetensors weights
     return checksums
 
 
@@ -233,7 +238,7 @@ def load_student(reference: str, *, endpoint: str | None = None, token: str | No
                  models_dir: Path = Path("models/hub")):
     """``repro.hub.load_student("ORG/NAME[@REV]")`` -> ``(model, config)``: a ready ``nn.Module`` in eval
     mode (a ``DeconfoundedStudent`` with its dictionary for KDCI students)."""
-    return checkpoint.load_artefact(pull(reference, models_dir, endpoint=endpoint, token=token))
+    return artefact.load_artefact(pull(reference, models_dir, endpoint=endpoint, token=token))
 
 
 def card_metrics(folder: Path) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 
 import gin
 
-from repro import checkpoint, config, diagnose, stages
+from repro import artefact, config
 from repro.errors import UserError
-from repro.runset import read_params
+from repro.pipeline import diagnose, stages
+from repro.pipeline.runset import read_params
 
 
 @gin.configurable
@@ -48,7 +49,7 @@ def run_sweep(params_path: Path, teacher_dir: Path, out_dir: Path, gin_root: Pat
     config.parse([experiment, gin_root / "shift_sweep.gin"])
     settings = sweep_settings()
     seeds = settings["seeds"] if settings["seeds"] is not None else params["seeds"]
-    teacher, _ = checkpoint.load_artefact(teacher_dir)
+    teacher, _ = artefact.load_artefact(teacher_dir)
     real_features = real_share = None
     rows = []
     for method in settings["methods"]:

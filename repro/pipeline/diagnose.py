@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from repro import checkpoint
-from repro.data import RealDataset
+from repro import artefact
+from repro.data.datasets import RealDataset
 from repro.errors import UserError
 from repro.methods.base import DFKDMethod
 
@@ -89,7 +89,7 @@ def shift_row(model_dir: Path, real_features: torch.Tensor, real_share: torch.Te
     if not path.exists():
         raise UserError(f"{path} is missing: re-run the distillation stage that wrote {model_dir}")
     sample = load_file(str(path))
-    config = checkpoint.read_config(model_dir)
+    config = artefact.read_config(model_dir)
     share = proportions(sample["predictions"].long(), len(real_share))
     return {
         "model": str(model_dir), "method": config["method"]["name"], "seed": config.get("seed"),
@@ -104,7 +104,7 @@ def shift_row(model_dir: Path, real_features: torch.Tensor, real_share: torch.Te
 def diagnose(teacher_dir: Path, model_dirs: list[Path], out_dir: Path, *,
              dataset: RealDataset = gin.REQUIRED, batch_size: int = 512) -> dict[str, Any]:
     """Shift diagnostics of every model folder holding a substitution sample -> JSON, markdown, PNG."""
-    teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
+    teacher, teacher_config = artefact.load_artefact(teacher_dir)
     spec = dataset.spec
     if spec.name != teacher_config["data"]["name"]:
         raise UserError(f"the teacher was trained on {teacher_config['data']['name']} but the dataset is {spec.name}: "

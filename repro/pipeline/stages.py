@@ -17,18 +17,22 @@ from typing import Any, Iterator
 import gin
 import torch
 
-from repro import checkpoint, diagnose, distributed
-from repro.architecture import NetSpec
+from repro import artefact
 from repro.config import fingerprint, flat_bindings
-from repro.data import DataSpec, RealDataset
-from repro.engine import Trainer, resolve_device, seed_everything
+from repro.data.datasets import DataSpec, RealDataset
 from repro.errors import UserError
-from repro.evaluate import accuracy, write_metrics
 from repro.kdci.model import DeconfoundedStudent
 from repro.methods.base import DFKDMethod
 from repro.methods.supervised import Supervised
-from repro.substitution_views import SubstitutionGrids, log_class_proportions
-from repro.tracking import EpochHook, NullTracker, command_line, git_provenance, open_tracker
+from repro.nets.spec import NetSpec
+from repro.pipeline import diagnose
+from repro.pipeline.substitution_views import SubstitutionGrids, log_class_proportions
+from repro.tracking.runs import command_line, git_provenance, open_tracker
+from repro.train import distributed
+from repro.train.device import resolve_device, seed_everything
+from repro.train.engine import Trainer
+from repro.train.evaluate import accuracy, write_metrics
+from repro.train.hooks import NullTracker, Tracker
 
 
 @gin.configurable
@@ -61,7 +65,7 @@ def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _tracked(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> Iterator[NullTracker]:
+def _tracked(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> Iterator[Tracker]:
     """One MLflow run around a stage: FAILED if the stage raises, else FINISHED with the operative
     bindings as params. The parsed config is logged first, so a run that dies still shows its input."""
     # Tags (git calls included) are only worked out when there is a run to carry them.
@@ -77,15 +81,15 @@ def _tracked(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> It
     tracker.finish()
 
 
-def _log_outputs(tracker: NullTracker, out_dir: Path, metrics_path: Path | None) -> None:
+def _log_outputs(tracker: Tracker, out_dir: Path, metrics_path: Path | None) -> None:
     for path in sorted(out_dir.iterdir()):  # records and dictionaries; the weights stay in the artefact
-        if path.name != checkpoint.WEIGHTS_FILE:
+        if path.name != artefact.WEIGHTS_FILE:
             tracker.log_artifact(path)
     if metrics_path is not None:
         tracker.log_artifact(metrics_path)
 
 
-def _tag_metrics_file(tracker: NullTracker, metrics_path: Path) -> None:
+def _tag_metrics_file(tracker: Tracker, metrics_path: Path) -> None:
     """Tag the run with the metrics file it wrote and the sha256 of its bytes: how ``repro audit``
     finds the run of a metrics JSON. The file itself names no run, so a rerun with the same seed
     writes the same bytes (DVC metrics must not change between reruns)."""
@@ -94,12 +98,12 @@ def _tag_metrics_file(tracker: NullTracker, metrics_path: Path) -> None:
         tracker.set_tags({"metrics_file": str(metrics_path), "metrics_sha256": sha})
 
 
-def _register(tracker: NullTracker, out_dir: Path, seed: int) -> None:
+def _register(tracker: Tracker, out_dir: Path, seed: int) -> None:
     """Register the finished artefact in the MLflow Model Registry (alias ``seed<k>``)."""
-    from repro.tracking import registered_name
+    from repro.tracking.runs import registered_name
 
-    config = checkpoint.read_config(out_dir)
-    sha = config["files"][checkpoint.WEIGHTS_FILE]
+    config = artefact.read_config(out_dir)
+    sha = config["files"][artefact.WEIGHTS_FILE]
     tracker.set_tags({"weights_sha256": sha})  # what `repro audit` matches evaluations and versions by
     tracker.register_model(registered_name(config), out_dir, {
         "weights_sha256": sha, "seed": str(seed), "artefact": str(out_dir)}, alias=f"seed{seed}")
@@ -109,7 +113,7 @@ def _register(tracker: NullTracker, out_dir: Path, seed: int) -> None:
 def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True,
                   *, dataset: RealDataset = gin.REQUIRED, network: NetSpec = gin.REQUIRED, seed: int = 0) -> dict:
     """Train the teacher on the real training split; save it and its test metrics."""
-    checkpoint.check_output_folder(out_dir)
+    artefact.check_output_folder(out_dir)
     seed_everything(seed)
     spec = dataset.spec
     check_profile(spec.name)
@@ -128,7 +132,7 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
                    "network": network.name, "seed": seed}
         config = {"role": "teacher", "architecture": network.to_dict(), "data": spec.to_dict(),
                   "dataset": dataset.describe(), "method": method.describe(), "seed": seed}
-        checkpoint.save_artefact(out_dir, model, config, gin.operative_config_str())
+        artefact.save_artefact(out_dir, model, config, gin.operative_config_str())
         _register(tracker, out_dir, seed)
         write_metrics(metrics_path, metrics)
         _tag_metrics_file(tracker, metrics_path)
@@ -153,8 +157,8 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     ``substitution_grid_every``: log a grid of substitution images every that many epochs and at the
     last (None: about four grids per run; 0: none).
     """
-    checkpoint.check_output_folder(out_dir)
-    teacher, teacher_config = checkpoint.load_artefact(teacher_dir)
+    artefact.check_output_folder(out_dir)
+    teacher, teacher_config = artefact.load_artefact(teacher_dir)
     spec = DataSpec.from_dict(teacher_config["data"])
     check_profile(spec.name)
     seed_everything(seed)
@@ -167,13 +171,20 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     tags = {"dataset": spec.name, "method": described["name"], "network": student.name,
             "teacher": teacher_config["architecture"]["name"], "seed": seed, "kdci": str("kdci" in described).lower(),
             "pair": f"{teacher_config['architecture']['name']}->{student.name}",
-            "teacher_weights_sha256": teacher_config["files"][checkpoint.WEIGHTS_FILE]}
+            "teacher_weights_sha256": teacher_config["files"][artefact.WEIGHTS_FILE]}
     with _tracked(f"distill-{described['name']}-seed{seed}", "distill", tags, track) as tracker:
         every = max(1, round(trainer.epochs / 4)) if substitution_grid_every is None else substitution_grid_every
-        hook = EpochHook(tracker, SubstitutionGrids(method, spec, tracker, every, trainer.epochs))
+        grids = SubstitutionGrids(method, spec, tracker, every, trainer.epochs)
+        final: dict[str, Any] = {"epoch": None}  # the last epoch's metrics, for final_metrics.json
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            final.clear()
+            final.update({"epoch": epoch, **metrics})
+            grids(epoch)
+
         trained = trainer.fit(method, model, spec, teacher, monitor_data=monitor, checkpoint_path=ckpt,
                               fingerprint=fingerprint("distill", gin.config_str(), teacher_config["files"]["model.safetensors"]),
-                              tracker=hook, label=f"distill {described['name']} seed {seed}")
+                              tracker=tracker, on_epoch=on_epoch, label=f"distill {described['name']} seed {seed}")
         if not distributed.is_main():
             return out_dir  # rank 0 writes the artefact
         described = method.describe()  # after setup: now includes what it loaded (e.g. the pool's record)
@@ -191,10 +202,10 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
             if tracker.run_id is not None:
                 log_class_proportions(tracker, sample["predictions"], spec.num_classes,
                                       f"{described['name']} seed {seed}: teacher-predicted classes")
-        checkpoint.save_artefact(out_dir, trained, config, gin.operative_config_str(), files)
+        artefact.save_artefact(out_dir, trained, config, gin.operative_config_str(), files)
         _log_outputs(tracker, out_dir, None)
         _register(tracker, out_dir, seed)
-        tracker.log_text(json.dumps({"mlflow_run_id": tracker.run_id, "epoch": hook.last_step, **hook.last_metrics},
+        tracker.log_text(json.dumps({"mlflow_run_id": tracker.run_id, **final},
                                     indent=2, sort_keys=True) + "\n", "final_metrics.json")
     shutil.rmtree(ckpt.parent, ignore_errors=True)
     print(f"student {student.name} by {described['name']} (seed {seed}) -> {out_dir}")
@@ -207,7 +218,7 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
     """Top-1/top-5/per-class accuracy of an artefact on the real test split -> DVC metrics JSON."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise UserError(f"evaluate.batch_size = {batch_size!r} is invalid: it must be a positive integer")
-    model, config = checkpoint.load_artefact(model_dir)
+    model, config = artefact.load_artefact(model_dir)
     recorded, actual = DataSpec.from_dict(config["data"]), dataset.spec
     if (recorded.name, recorded.num_classes, recorded.channels, recorded.image_size) != (
             actual.name, actual.num_classes, actual.channels, actual.image_size):
@@ -222,7 +233,7 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
     method = config.get("method", {}).get("name", "unknown")
     tags = {"dataset": actual.name, "method": method, "network": config["architecture"]["name"],
             "seed": config.get("seed"), "role": config.get("role"), "kdci": str("kdci" in config.get("method", {})).lower(),
-            "weights_sha256": config["files"][checkpoint.WEIGHTS_FILE]}
+            "weights_sha256": config["files"][artefact.WEIGHTS_FILE]}
     if "teacher" in config:  # a student: which teacher it learnt from
         tags.update(pair=f"{config['teacher']['architecture']['name']}->{config['architecture']['name']}",
                     teacher_weights_sha256=config["teacher"]["sha256"])
@@ -242,6 +253,6 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
         _tag_metrics_file(tracker, metrics_path)
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})
         tracker.log_artifact(metrics_path)
-        tracker.log_artifact(Path(model_dir) / checkpoint.CONFIG_FILE)
+        tracker.log_artifact(Path(model_dir) / artefact.CONFIG_FILE)
     print(f"{model_dir}: test top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% -> {metrics_path}")
     return metrics

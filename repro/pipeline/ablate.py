@@ -12,9 +12,11 @@ import statistics
 from pathlib import Path
 
 import gin
-from repro import config, stages
-from repro.report import paired_interval
-from repro.runset import read_params
+
+from repro import config
+from repro.pipeline import stages
+from repro.pipeline.report import paired_interval
+from repro.pipeline.runset import read_params
 
 
 @gin.configurable

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from repro.errors import UserError
-from repro.report import paired_interval
+from repro.pipeline.report import paired_interval
 
 COLUMNS = ("dataset", "teacher", "student", "method", "kdci", "origin", "metric", "kind", "value", "source", "url",
            "note")

@@ -19,9 +19,9 @@ from typing import Any
 import gin
 import torch
 
-from repro.engine import resolve_device, seed_everything
 from repro.kdci.dictionary import build_dictionary
 from repro.methods.base import DFKDMethod
+from repro.train.device import resolve_device, seed_everything
 
 
 def _sync(device: torch.device) -> None:
@@ -110,7 +110,7 @@ def format_result(result: dict[str, Any]) -> str:
 def bench_methods(params_path: Path, bindings: list[str], gin_root: Path = Path("gin")) -> list[dict[str, Any]]:
     """:func:`bench_kdci_overhead` for every method of params.yaml (experiment and profile from it too)."""
     from repro import config
-    from repro.runset import read_params
+    from repro.pipeline.runset import read_params
 
     params = read_params(params_path, gin_root)
     rows = []
@@ -161,8 +161,9 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
     synthesis batch sizes are the profile's. Pool-based rounds (DeepInversion, CMI, Fast) run
     ``synthesis_steps`` optimisation steps and the full round (the profile's step count) is projected.
     """
-    from repro import config, stages
+    from repro import config
     from repro.errors import UserError
+    from repro.pipeline import stages
 
     profile_file = gin_root / "profiles" / f"{profile}.gin"
     if not profile_file.is_file():
@@ -175,7 +176,7 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
         raise UserError(f"profile {profile!r} names no dataset (profile_scope.datasets): bench it with --gin files instead")
     dataset = datasets[0]
     experiment = experiment or f"{dataset}_resnet34-resnet18"
-    fake = [f"DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "POOL = @DatasetPool()",
+    fake = ["DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "POOL = @DatasetPool()",
             "DatasetPool.dataset = @pool/FakeImages()", f"pool/FakeImages.like = '{dataset}'",
             "pool/FakeImages.size = 1024", "DatasetPool.split = 'train'", "DatasetPool.count = 1024"]
     rows = []

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repro import tracking
 from repro.errors import UserError
+from repro.tracking import runs as tracking
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 # Tags shown on their own lines, not again under "tags".

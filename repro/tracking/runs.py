@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from repro.errors import UserError
+from repro.train.hooks import NullTracker, Tracker
 
 EXPERIMENT = "kdci-repro"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -159,23 +160,13 @@ def pipeline_parent(client: Any, uri: str, experiment_id: str, key: str, tags: M
         return run.info.run_id
 
 
-class NullTracker:
-    """Records nothing; what the library uses unless a tracker is given."""
-
-    run_id: str | None = None
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
-    def log_text(self, text: str, name: str) -> None: ...
-    def finish(self, failed: bool = False) -> None: ...
-    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None: ...
-
-
-class MlflowTracker(NullTracker):
+class MlflowTracker:
     """One MLflow run: tags, params, per-epoch metrics and artefacts; nested under the parent run of
-    its pipeline execution when ``pipeline`` (a :func:`pipeline_key`) is given."""
+    its pipeline execution when ``pipeline`` (a :func:`pipeline_key`) is given.
+
+    A store that fails mid-run turns tracking off for the rest of the run (one printed note) instead
+    of failing the training: every recording method goes through :meth:`_guarded`.
+    """
 
     def __init__(self, run_name: str, tags: Mapping[str, str], uri: str | None = None,
                  experiment: str = EXPERIMENT, pipeline: str | None = None) -> None:
@@ -196,27 +187,39 @@ class MlflowTracker(NullTracker):
         self._run = mlflow.start_run(run_name=run_name, tags=tags)
         self.run_id = self._run.info.run_id
         self._stage = tags.get("dvc_stage") if tags.get("dvc_stage", "none") != "none" else tags.get("stage", run_name)
+        self._off = False
+
+    def _guarded(self, record: Callable[[], Any]) -> None:
+        if self._off:
+            return
+        try:
+            record()
+        except Exception as exc:  # any store failure: keep training, stop tracking
+            print(f"note: MLflow tracking is off for the rest of this run ({_first_line(exc)})")
+            self._off = True
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._mlflow.set_tags({key: str(value) for key, value in tags.items()})
+        self._guarded(lambda: self._mlflow.set_tags({key: str(value) for key, value in tags.items()}))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        clipped = {key[:250]: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()}
-        items = list(clipped.items())
+        items = [(key[:250], str(value)[:_MAX_PARAM_CHARS]) for key, value in params.items()]
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            self._mlflow.log_params(dict(items[start:start + 100]))
+            self._guarded(lambda batch=dict(items[start:start + 100]): self._mlflow.log_params(batch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         # MLflow metric keys allow '/', so names like "synthesis/onehot" group in the UI.
-        self._mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+        self._guarded(lambda: self._mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path=folder)
+        self._guarded(lambda: self._mlflow.log_artifact(str(path), artifact_path=folder))
 
     def log_text(self, text: str, name: str) -> None:
-        self._mlflow.log_text(text, name)
+        self._guarded(lambda: self._mlflow.log_text(text, name))
 
     def finish(self, failed: bool = False) -> None:
+        self._guarded(lambda: self._finish(failed))
+
+    def _finish(self, failed: bool) -> None:
         self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
         if self.parent_id is not None:
             # The parent ends with its latest stage; a failed stage keeps it FAILED.
@@ -228,6 +231,9 @@ class MlflowTracker(NullTracker):
     def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
         """Log the artefact folder (safetensors weights included) as this run's ``model`` artifacts and
         register it as a new version of ``name`` with ``alias`` (MLflow aliases; stages are deprecated)."""
+        self._guarded(lambda: self._register_model(name, folder, tags, alias))
+
+    def _register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -242,66 +248,16 @@ class MlflowTracker(NullTracker):
         client.set_registered_model_alias(name, alias, version.version)
 
 
-class _GuardedTracker(NullTracker):
-    """Wraps a tracker so that a failing store turns tracking off instead of failing the run."""
-
-    def __init__(self, inner: NullTracker) -> None:
-        self._inner, self.run_id = inner, inner.run_id
-
-    def _call(self, name: str, *args: Any, **kwargs: Any) -> None:
-        if self._inner is None:
-            return
-        try:
-            getattr(self._inner, name)(*args, **kwargs)
-        except Exception as exc:  # any store failure: keep training, stop tracking
-            print(f"note: MLflow tracking is off for the rest of this run ({_first_line(exc)})")
-            self._inner = None
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None: self._call("set_tags", tags)
-    def log_params(self, params: Mapping[str, Any]) -> None: self._call("log_params", params)
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: self._call("log_metrics", metrics, step)
-    def log_artifact(self, path: Path, folder: str | None = None) -> None: self._call("log_artifact", path, folder)
-    def log_text(self, text: str, name: str) -> None: self._call("log_text", text, name)
-    def finish(self, failed: bool = False) -> None: self._call("finish", failed)
-    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
-        self._call("register_model", name, folder, tags, alias)
-
-
-def open_tracker(run_name: str, tags: Mapping[str, str]) -> NullTracker:
+def open_tracker(run_name: str, tags: Mapping[str, str]) -> Tracker:
     """An MLflow tracker for a stage run (nested under its pipeline execution's parent run, if any),
     or a null one (with a one-line note) if the store cannot be opened."""
     uri = default_tracking_uri()
     try:
-        return _GuardedTracker(MlflowTracker(run_name, tags, uri, pipeline=pipeline_key()))
+        return MlflowTracker(run_name, tags, uri, pipeline=pipeline_key())
     except Exception as exc:  # locked/unreachable store, bad URI: the run must not be lost for it
         print(f"note: MLflow tracking is off: could not open {uri} ({_first_line(exc)}); "
               "set MLFLOW_TRACKING_URI to a working store")
         return NullTracker()
-
-
-class EpochHook(NullTracker):
-    """A tracker that forwards everything to ``inner`` and calls ``on_epoch(epoch)`` after each
-    per-epoch ``log_metrics`` (the Trainer logs once per epoch with ``step = epoch``): how a stage
-    adds per-epoch artefacts without the Trainer knowing. Keeps the last epoch's metrics."""
-
-    def __init__(self, inner: NullTracker, on_epoch: Callable[[int], None]) -> None:
-        self.inner, self.on_epoch, self.run_id = inner, on_epoch, inner.run_id
-        self.last_metrics: dict[str, float] = {}
-        self.last_step: int | None = None
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.inner.log_metrics(metrics, step)
-        if step is not None:
-            self.last_metrics, self.last_step = dict(metrics), step
-            self.on_epoch(step)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None: self.inner.set_tags(tags)
-    def log_params(self, params: Mapping[str, Any]) -> None: self.inner.log_params(params)
-    def log_artifact(self, path: Path, folder: str | None = None) -> None: self.inner.log_artifact(path, folder)
-    def log_text(self, text: str, name: str) -> None: self.inner.log_text(text, name)
-    def finish(self, failed: bool = False) -> None: self.inner.finish(failed)
-    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
-        self.inner.register_model(name, folder, tags, alias)
 
 
 def registered_name(config: Mapping[str, Any]) -> str:

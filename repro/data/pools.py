@@ -26,7 +26,7 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from repro.data import DataSpec, Digits, RealDataset
+from repro.data.datasets import DataSpec, Digits, RealDataset
 from repro.errors import UserError
 
 

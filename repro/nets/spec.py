@@ -12,8 +12,8 @@ from typing import Any
 import gin
 from torch import nn
 
-from repro import nets
 from repro.errors import UserError
+from repro.nets.registry import create
 
 
 @gin.configurable
@@ -27,7 +27,7 @@ class NetSpec:
     def build(self, **data_kwargs: Any) -> nn.Module:
         """Create the network; ``data_kwargs`` are those fixed by the data (e.g. ``num_classes``)."""
         try:
-            return nets.create(self.name, **{**dict(self.kwargs), **data_kwargs})
+            return create(self.name, **{**dict(self.kwargs), **data_kwargs})
         except KeyError as exc:
             raise UserError(str(exc.args[0]) + "; fix the NetSpec.name binding") from None
         except TypeError as exc:

@@ -7,7 +7,7 @@ publishes (``cifar10_resnet34.pth``, ``cifar100_wrn40_2.pth``, ...). Their train
 DataParallel. This module reads such a file with ``torch.load(weights_only=True)`` only, renames
 its keys to our networks' names by an explicit rule per architecture family, checks that every key
 and shape fits, measures test top-1 against the figure the benchmark reports, and writes the same
-artefact folder ``repro train-teacher`` writes (``checkpoint.save_artefact``), so ``repro distill
+artefact folder ``repro train-teacher`` writes (``artefact.save_artefact``), so ``repro distill
 --teacher`` and ``repro publish --model`` take it unchanged.
 
 Key names were read from zju-vipa/CMI and zju-vipa/Fast-Datafree (identical files in both):
@@ -28,12 +28,12 @@ import gin
 import torch
 from torch import nn
 
-from repro import checkpoint
-from repro.architecture import NetSpec
-from repro.data import RealDataset
-from repro.engine import resolve_device
+from repro import artefact, io
+from repro.data.datasets import RealDataset
 from repro.errors import UserError
-from repro.evaluate import accuracy, write_metrics
+from repro.nets.spec import NetSpec
+from repro.train.device import resolve_device
+from repro.train.evaluate import accuracy, write_metrics
 
 # Teacher top-1 (%) on the test split as reported by the benchmark (zju-vipa/CMI README, "T. Scratch"
 # row of the CIFAR-10 and CIFAR-100 tables; the same figures in Fast-Datafree's README; their vgg11 is
@@ -302,7 +302,7 @@ def import_teacher(source_path: Path, arch: str, out_dir: Path, expected_top1: f
                         f"{shortfall:.2f} points below the expected {expected:.2f}% (tolerance {tolerance}); nothing "
                         "written: check --arch and --dataset, or pass --expected-top1 if that score is right")
 
-    digest = checkpoint.sha256_of(source_path)
+    digest = io.sha256_of(source_path)
     imported = {"file": str(source_path), "sha256": digest, "format": "zju-vipa CMI / Fast-Datafree checkpoint",
                 **info, "family": mapping.family, "mapping_rules": list(mapping.rules), "key_map": key_map,
                 "measured_top1": metrics["top1"], "expected_top1": expected, "tolerance": tolerance}
@@ -311,7 +311,7 @@ def import_teacher(source_path: Path, arch: str, out_dir: Path, expected_top1: f
               "imported_from": imported}
     operative = (f"# Imported by `repro import-teacher` from {source_path.name} (sha256 {digest}); "
                  "not trained by repro.\n" + gin.operative_config_str())
-    checkpoint.save_artefact(out_dir, model, config, operative)
+    artefact.save_artefact(out_dir, model, config, operative)
     metrics.update({"model": str(out_dir), "role": "teacher", "network": arch, "imported_from": digest,
                     "expected_top1": expected})
     if metrics_path is not None:

@@ -7,7 +7,6 @@ checkpoint/resume and progress output, and never asks which method it runs.
 from __future__ import annotations
 
 import contextlib
-import random
 import sys
 import time
 from collections import defaultdict
@@ -15,71 +14,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gin
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from repro import checkpoint, distributed
-from repro.data import DataSpec
+from repro.data.datasets import DataSpec
 from repro.errors import TrainingDiverged, UserError
-from repro.evaluate import accuracy
 from repro.methods.base import DFKDMethod
-from repro.optim import build_optimizer, build_scheduler
-from repro.tracking import NullTracker
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run is repeatable on CPU."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available: bind Trainer.device = 'cpu' or 'auto'")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` ('auto' | 'fp32' | 'bf16') on ``device``; None = full fp32.
-
-    'auto' is bf16 on a CUDA device that supports it and fp32 elsewhere: on the CPU, bf16 autocast is
-    slower than fp32 for these network sizes and would change the CPU reference numbers.
-    """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"Trainer.precision = {precision!r} is invalid: use 'auto', 'fp32' or 'bf16'")
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached"]))
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+from repro.train import distributed, resume
+from repro.train.device import autocast_dtype, resolve_device, seed_everything
+from repro.train.evaluate import accuracy
+from repro.train.hooks import NullTracker, Tracker
+from repro.train.optim import build_optimizer, build_scheduler
 
 
 @gin.configurable
@@ -137,17 +83,51 @@ class Trainer:
         monitor_data: Dataset | None = None,
         checkpoint_path: Path | None = None,
         fingerprint: str = "",
-        tracker: NullTracker | None = None,
+        tracker: Tracker | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         label: str = "train",
     ) -> nn.Module:
         """Train and return the model ``method.setup`` handed back.
 
         ``monitor_data``: a real split on which top-1 is logged every ``monitor_every`` epochs
         (monitoring only). ``checkpoint_path``: where the full state is saved after every epoch and
-        resumed from when it matches ``fingerprint``.
+        resumed from when it matches ``fingerprint``. ``on_epoch(epoch, metrics)``: called on the
+        main process after each epoch's metrics are logged (how a stage adds per-epoch artefacts).
         """
         main = distributed.is_main()
         tracker = (tracker or NullTracker()) if main else NullTracker()
+        model = self._prepare(method, student, spec, teacher)
+        trained = [p for p in model.parameters() if p.requires_grad] + list(method.trainable_parameters())
+        optimizer = build_optimizer(self.make_optimizer, trained, "student")
+        scheduler = build_scheduler(self.make_scheduler, optimizer, "student") if self.make_scheduler else None
+        start_epoch = self._resume(checkpoint_path, fingerprint, model, optimizer, scheduler, method)
+        if start_epoch and self.world > 1:  # the checkpoint holds rank 0's generators: re-offset the others
+            seed_everything(torch.initial_seed() + 1_000_003 * distributed.rank())
+        interactive = sys.stdout.isatty() and main
+        for epoch in range(start_epoch, self.epochs):
+            began = time.perf_counter()
+            method.on_epoch_start(epoch)
+            distributed.broadcast_state(model)  # e.g. a dictionary built this epoch: rank 0's for all
+            sums, counts = self._train_epoch(method, model, optimizer, trained, epoch, label, interactive,
+                                             checkpoint_path)
+            if scheduler is not None:
+                scheduler.step()
+            metrics = self._epoch_metrics(sums, counts, optimizer)
+            if main and monitor_data is not None and ((epoch + 1) % self.monitor_every == 0 or epoch + 1 == self.epochs):
+                metrics["monitor/top1"] = accuracy(model, monitor_data, spec.num_classes, self.device)["top1"]
+            metrics["epoch_seconds"] = time.perf_counter() - began
+            tracker.log_metrics(metrics, step=epoch + 1)
+            if main:
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, metrics)
+                self._report(label, epoch, metrics, interactive)
+                if checkpoint_path is not None:
+                    self._save(checkpoint_path, fingerprint, epoch, model, optimizer, scheduler, method)
+            distributed.barrier()  # no rank starts the next epoch before rank 0's checkpoint is on disk
+        return model.eval()
+
+    def _prepare(self, method: DFKDMethod, student: nn.Module, spec: DataSpec, teacher: nn.Module | None) -> nn.Module:
+        """Place the networks, let the method set up, and give every rank the same start."""
         if self.channels_last:
             student = student.to(memory_format=torch.channels_last)
             teacher = teacher.to(self.device, memory_format=torch.channels_last) if teacher is not None else None
@@ -161,72 +141,70 @@ class Trainer:
             # Same initial weights on every rank (seeded alike, then broadcast); different synthesis
             # noise per rank from here on, so ranks contribute different substitution data.
             seed_everything(torch.initial_seed() + 1_000_003 * distributed.rank())
-        trained = [p for p in model.parameters() if p.requires_grad] + list(method.trainable_parameters())
-        optimizer = build_optimizer(self.make_optimizer, trained, "student")
-        scheduler = build_scheduler(self.make_scheduler, optimizer, "student") if self.make_scheduler else None
-        start_epoch = self._resume(checkpoint_path, fingerprint, model, optimizer, scheduler, method)
-        if start_epoch and self.world > 1:  # the checkpoint holds rank 0's generators: re-offset the others
-            seed_everything(torch.initial_seed() + 1_000_003 * distributed.rank())
-        rounds = self.steps_per_epoch // self.student_steps_per_round
+        return model
+
+    def _train_epoch(self, method: DFKDMethod, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     trained: list[nn.Parameter], epoch: int, label: str, interactive: bool,
+                     checkpoint_path: Path | None) -> tuple[dict[str, Any], dict[str, int]]:
+        """One epoch of rounds (a synthesis, then ``student_steps_per_round`` student steps): summed terms."""
+        sums: dict[str, torch.Tensor | float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
         batch_size = self.batch_size // self.world
-        interactive = sys.stdout.isatty() and main
-        for epoch in range(start_epoch, self.epochs):
-            began = time.perf_counter()
-            method.on_epoch_start(epoch)
-            distributed.broadcast_state(model)  # e.g. a dictionary built this epoch: rank 0's for all
-            sums: dict[str, torch.Tensor | float] = defaultdict(float)
-            counts: dict[str, int] = defaultdict(int)
-            for round_index in self._progress(range(rounds), label, epoch, interactive):
-                with self._autocast():
-                    synthesized = method.synthesize()
-                for name, value in synthesized.items():
-                    sums[name] += value
-                    counts[name] += 1
-                model.train()
-                for _ in range(self.student_steps_per_round):
-                    with self._autocast():
-                        terms = method.student_loss(method.sample(batch_size))
-                    optimizer.zero_grad(set_to_none=True)
-                    terms["loss"].backward()
-                    distributed.average_gradients(trained)
-                    optimizer.step()
-                    for name, value in terms.items():
-                        sums[f"student/{name}"] += value.detach().float()
-                        counts[f"student/{name}"] += 1
-                # One host sync per round: a NaN is caught before it is checkpointed (on any rank:
-                # the loss sum is reduced, so every rank stops together).
-                loss_sum = distributed.mean_over_ranks({"loss": sums["student/loss"]})["loss"]
-                if not torch.isfinite(torch.as_tensor(loss_sum)):
-                    step = epoch * self.steps_per_epoch + (round_index + 1) * self.student_steps_per_round
-                    kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path else "nothing was saved"
-                    raise TrainingDiverged(
-                        f"{method.describe()['name']}: student loss became non-finite at epoch {epoch + 1}, "
-                        f"step {step}: lower the learning rates or loss weights; {kept}")
-            if scheduler is not None:
-                scheduler.step()
-            metrics: dict[str, float] = {}
-            sums = distributed.mean_over_ranks(sums)  # per-rank sums of equal counts: their mean
-            for name, total in sums.items():
-                mean = (total / counts[name]).cpu()
-                # Vector terms (e.g. per-prototype usage) become one metric per entry.
-                metrics.update({name: float(mean)} if mean.ndim == 0 else
-                               {f"{name}/{index:02d}": float(value) for index, value in enumerate(mean)})
-            metrics["student/lr"] = optimizer.param_groups[0]["lr"]
-            if main and monitor_data is not None and ((epoch + 1) % self.monitor_every == 0 or epoch + 1 == self.epochs):
-                metrics["monitor/top1"] = accuracy(model, monitor_data, spec.num_classes, self.device)["top1"]
-            metrics["epoch_seconds"] = time.perf_counter() - began
-            tracker.log_metrics(metrics, step=epoch + 1)
-            if main:
-                self._report(label, epoch, metrics, interactive)
-            if checkpoint_path is not None and main:
-                checkpoint.save_training_state(checkpoint_path, {
-                    "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "method": method.state_dict(), "rng": _rng_state(),
-                })
-            distributed.barrier()  # no rank starts the next epoch before rank 0's checkpoint is on disk
-        return model.eval()
+        for round_index in self._progress(range(self.steps_per_epoch // self.student_steps_per_round), label, epoch,
+                                          interactive):
+            with self._autocast():
+                synthesized = method.synthesize()
+            for name, value in synthesized.items():
+                sums[name] += value
+                counts[name] += 1
+            model.train()
+            for _ in range(self.student_steps_per_round):
+                for name, value in self._student_step(method, optimizer, trained, batch_size).items():
+                    sums[f"student/{name}"] += value
+                    counts[f"student/{name}"] += 1
+            # One host sync per round: a NaN is caught before it is checkpointed (on any rank: the
+            # loss sum is reduced, so every rank stops together).
+            loss_sum = distributed.mean_over_ranks({"loss": sums["student/loss"]})["loss"]
+            if not torch.isfinite(torch.as_tensor(loss_sum)):
+                step = epoch * self.steps_per_epoch + (round_index + 1) * self.student_steps_per_round
+                kept = f"the last good checkpoint {checkpoint_path} is kept" if checkpoint_path else "nothing was saved"
+                raise TrainingDiverged(
+                    f"{method.describe()['name']}: student loss became non-finite at epoch {epoch + 1}, "
+                    f"step {step}: lower the learning rates or loss weights; {kept}")
+        return sums, counts
+
+    def _student_step(self, method: DFKDMethod, optimizer: torch.optim.Optimizer, trained: list[nn.Parameter],
+                      batch_size: int) -> dict[str, torch.Tensor]:
+        """One optimiser step on the method's student loss; its terms, detached."""
+        with self._autocast():
+            terms = method.student_loss(method.sample(batch_size))
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        distributed.average_gradients(trained)
+        optimizer.step()
+        return {name: value.detach().float() for name, value in terms.items()}
+
+    def _epoch_metrics(self, sums: dict[str, Any], counts: dict[str, int],
+                       optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Per-epoch means of every summed term (averaged over ranks), one metric per vector entry."""
+        metrics: dict[str, float] = {}
+        sums = distributed.mean_over_ranks(sums)  # per-rank sums of equal counts: their mean
+        for name, total in sums.items():
+            mean = (total / counts[name]).cpu()
+            # Vector terms (e.g. per-prototype usage) become one metric per entry.
+            metrics.update({name: float(mean)} if mean.ndim == 0 else
+                           {f"{name}/{index:02d}": float(value) for index, value in enumerate(mean)})
+        metrics["student/lr"] = optimizer.param_groups[0]["lr"]
+        return metrics
+
+    def _save(self, path: Path, fingerprint: str, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: Any, method: DFKDMethod) -> None:
+        resume.save_training_state(path, {
+            "fingerprint": fingerprint, "epoch": epoch + 1, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "method": method.state_dict(), "rng": resume.capture_rng(),
+        })
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast is None:
@@ -235,7 +213,7 @@ class Trainer:
 
     def _resume(self, path: Path | None, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: Any, method: DFKDMethod) -> int:
-        state = checkpoint.load_training_state(path, fingerprint) if path is not None else None
+        state = resume.load_training_state(path, fingerprint) if path is not None else None
         if state is None:
             return 0
         try:
@@ -244,7 +222,7 @@ class Trainer:
             if scheduler is not None:
                 scheduler.load_state_dict(state["scheduler"])
             method.load_state_dict(state["method"])
-            _restore_rng(state["rng"])
+            resume.restore_rng(state["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"checkpoint {path} does not fit this run ({first[:200]}): the code changed since it was "
