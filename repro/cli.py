@@ -24,17 +24,34 @@ def _gin_args(parser: argparse.ArgumentParser, tracked: bool = True) -> None:
         parser.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
 
 
-def _configured(args: argparse.Namespace) -> None:
+def _configured(args: argparse.Namespace, method: str | None = None, kdci: bool = False,
+                seed: int | None = None) -> None:
+    """Parse the run's gin: with ``--params``, the files :func:`repro.pipeline.runset.gin_files` composes
+    (then any ``--gin``), ``SEED = seed``, then ``--bind``; without, the ``--gin`` files alone."""
     import repro.configurables  # noqa: F401  (every gin name must be known before parsing)
     from repro import config
 
-    if not args.gin:
-        raise UserError("no --gin file given: pass at least an experiment, e.g. --gin gin/experiments/digits.gin")
-    config.parse(args.gin, args.bind)
+    files, bindings = list(args.gin), list(args.bind)
+    if getattr(args, "params", None):
+        from repro.pipeline import runset
+
+        params = runset.read_params(Path(args.params))
+        files = runset.gin_files(params, method, kdci) + files
+        if seed is not None:
+            bindings = [f"SEED = {seed}", *bindings]
+    if not files:
+        raise UserError("no --gin file given: pass --params params.yaml or at least an experiment, e.g. "
+                        "--gin gin/experiments/digits.gin")
+    config.parse(files, bindings)
 
 
 def _train_teacher(args: argparse.Namespace) -> None:
-    _configured(args)
+    seed = None
+    if args.params:
+        from repro.pipeline import runset
+
+        seed = runset.read_params(Path(args.params)).get("teacher_seed", 0)
+    _configured(args, seed=seed)
     from repro.pipeline import stages
 
     stages.train_teacher(Path(args.out), Path(args.metrics), Path(args.checkpoint_dir), not args.no_track)
@@ -52,7 +69,12 @@ def _import_teacher(args: argparse.Namespace) -> None:
 
 
 def _distill(args: argparse.Namespace) -> None:
-    _configured(args)
+    if args.params and (args.method is None or args.seed is None):
+        raise UserError("--params needs --method and --seed (one cell of the run set), e.g. --method dafl --seed 0")
+    if not args.params and (args.method is not None or args.kdci):
+        raise UserError("--method and --kdci compose a run from params.yaml: also pass --params params.yaml "
+                        "(or give the method's gin file with --gin)")
+    _configured(args, args.method, args.kdci, args.seed)
     from repro.pipeline import stages
 
     stages.distill(Path(args.teacher), Path(args.out), Path(args.checkpoint_dir), not args.no_track)
@@ -71,17 +93,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         card = hub.card_metrics(folder)["top1"]
         verdict = "matches" if abs(measured["top1"] - card) < 1e-6 else "DIFFERS from"
         print(f"{reference}: measured top-1 {measured['top1']:.2f}% {verdict} the card's {card:.2f}%")
-    if args.params:  # every baseline and KDCI student params.yaml asks for
-        from repro.pipeline.runset import read_params, runs
-
-        for run in runs(read_params(Path(args.params))):
-            pairs += [(run.baseline_dir, run.baseline_metrics), (run.kdci_dir, run.kdci_metrics)]
     if len(args.model) != len(args.metrics):
         raise UserError(f"{len(args.model)} --model but {len(args.metrics)} --metrics: give one metrics file per model")
-    if not pairs and not args.from_hub:
+    if not pairs and not args.from_hub and not args.params:
         raise UserError("nothing to evaluate: give --model DIR --metrics FILE pairs, --params params.yaml or --from-hub ORG/NAME")
     for model, metrics in pairs:
         stages.evaluate(Path(model), Path(metrics), not args.no_track)
+    if args.params:  # every baseline and KDCI student params.yaml asks for
+        from repro.pipeline import cells, runset
+
+        cells.evaluate_run_set(runset.read_params(Path(args.params)), not args.no_track)
 
 
 def _publish(args: argparse.Namespace) -> None:
@@ -210,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--out", required=True, help="artefact folder to write (Hub layout)")
     teacher.add_argument("--metrics", required=True, help="metrics JSON to write")
     teacher.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
+    teacher.add_argument("--params", default=None, help="compose the gin files from params.yaml (experiment, profile, "
+                         "teacher_seed) instead of --gin")
     teacher.set_defaults(run=_train_teacher)
 
     imported = verbs.add_parser("import-teacher", help="convert a zju-vipa CMI / Fast-Datafree pretrained teacher "
@@ -232,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher", required=True, help="teacher artefact folder")
     distill.add_argument("--out", required=True, help="student artefact folder to write")
     distill.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
+    distill.add_argument("--params", default=None, help="compose the gin files of one cell from params.yaml "
+                         "(experiment, profile) with --method, --seed and --kdci, instead of --gin")
+    distill.add_argument("--method", default=None, help="with --params: gin/methods/<method>.gin")
+    distill.add_argument("--seed", type=int, default=None, help="with --params: the student's seed (SEED)")
+    distill.add_argument("--kdci", action="store_true", help="with --params: wrap the method in KDCI (gin/kdci.gin)")
     distill.set_defaults(run=_distill)
 
     evaluate = verbs.add_parser("evaluate", help="accuracy of an artefact on the real test split")

@@ -14,9 +14,8 @@ from pathlib import Path
 import gin
 
 from repro import config
-from repro.pipeline import stages
+from repro.pipeline import cells, runset
 from repro.pipeline.report import paired_interval
-from repro.pipeline.runset import read_params
 
 
 @gin.configurable
@@ -32,7 +31,7 @@ def _top1(path: Path) -> float | None:
 def run_ablations(params_path: Path, teacher_dir: Path, metrics_dir: Path, out: Path, gin_root: Path = Path("gin"),
                   work_dir: Path = Path("models/ablations"), track: bool = True) -> str:
     """Run every variant (when ``ablate`` is true in params.yaml) and write the markdown table."""
-    params = read_params(params_path, gin_root)
+    params = runset.read_params(params_path, gin_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not params.get("ablate", False):
         text = ("# Ablations\n\nAblations are off (the default). Run them with `dvc exp run -S ablate=true`: "
@@ -40,23 +39,17 @@ def run_ablations(params_path: Path, teacher_dir: Path, metrics_dir: Path, out: 
         out.write_text(text)
         print(text)
         return text
-    experiment = gin_root / "experiments" / f"{params['experiment']}.gin"
-    profile = gin_root / "profiles" / f"{params['profile']}.gin"
-    config.parse([experiment, gin_root / "ablations.gin"])
+    config.parse(runset.gin_files(params, extras=["ablations"], gin_root=gin_root))
     variants = ablation_variants()
     results: dict[str, dict[str, dict[int, float]]] = {}
     for method in params["methods"]:
-        files = [experiment, gin_root / "methods" / f"{method}.gin", gin_root / "kdci.gin", profile,
-                 gin_root / "ablations.gin"]
         for variant, bindings in variants.items():
             for seed in params["seeds"]:
-                model_dir = work_dir / variant / method / f"seed{seed}"
-                metrics_path = metrics_dir / "ablations" / variant / f"{method}-seed{seed}.json"
-                config.parse(files, [f"SEED = {seed}", *bindings])
-                stages.distill(teacher_dir, model_dir, Path("checkpoints"), track)
-                config.parse([experiment, profile])
-                top1 = stages.evaluate(model_dir, metrics_path, track)["top1"]
-                results.setdefault(method, {}).setdefault(variant, {})[int(seed)] = top1
+                metrics = cells.distill_and_evaluate(
+                    params, method, seed, teacher_dir=teacher_dir, model_dir=work_dir / variant / method / f"seed{seed}",
+                    metrics_path=metrics_dir / "ablations" / variant / f"{method}-seed{seed}.json", kdci=True,
+                    extras=["ablations"], bindings=bindings, track=track, gin_root=gin_root)
+                results.setdefault(method, {}).setdefault(variant, {})[int(seed)] = metrics["top1"]
     text = render(results, variants, metrics_dir, params["seeds"])
     out.write_text(text)
     print(text)

@@ -19,8 +19,11 @@ from typing import Any
 import gin
 import torch
 
+from repro import config
+from repro.errors import UserError
 from repro.kdci.dictionary import build_dictionary
 from repro.methods.base import DFKDMethod
+from repro.pipeline import runset, stages
 from repro.train.device import resolve_device, seed_everything
 
 
@@ -109,15 +112,10 @@ def format_result(result: dict[str, Any]) -> str:
 
 def bench_methods(params_path: Path, bindings: list[str], gin_root: Path = Path("gin")) -> list[dict[str, Any]]:
     """:func:`bench_kdci_overhead` for every method of params.yaml (experiment and profile from it too)."""
-    from repro import config
-    from repro.pipeline.runset import read_params
-
-    params = read_params(params_path, gin_root)
+    params = runset.read_params(params_path, gin_root)
     rows = []
     for method in params["methods"]:
-        config.parse([gin_root / "experiments" / f"{params['experiment']}.gin", gin_root / "methods" / f"{method}.gin",
-                      gin_root / "kdci.gin", gin_root / "profiles" / f"{params['profile']}.gin", gin_root / "bench.gin"],
-                     bindings)
+        config.parse(runset.gin_files(params, method, kdci=True, extras=["bench"], gin_root=gin_root), bindings)
         rows.append(bench_kdci_overhead())
         print(format_result(rows[-1]), flush=True)
     return rows
@@ -161,10 +159,6 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
     synthesis batch sizes are the profile's. Pool-based rounds (DeepInversion, CMI, Fast) run
     ``synthesis_steps`` optimisation steps and the full round (the profile's step count) is projected.
     """
-    from repro import config
-    from repro.errors import UserError
-    from repro.pipeline import stages
-
     profile_file = gin_root / "profiles" / f"{profile}.gin"
     if not profile_file.is_file():
         known = ", ".join(sorted(p.stem for p in (gin_root / "profiles").glob("*.gin")))
@@ -181,8 +175,8 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
             "pool/FakeImages.size = 1024", "DatasetPool.split = 'train'", "DatasetPool.count = 1024"]
     rows = []
     for method in methods:
-        files = [gin_root / "experiments" / f"{experiment}.gin", gin_root / "methods" / f"{method}.gin",
-                 gin_root / "kdci.gin", profile_file, gin_root / "bench.gin"]
+        files = runset.gin_files({"experiment": experiment, "profile": profile}, method, kdci=True, extras=["bench"],
+                                 gin_root=gin_root)
         config.parse(files, fake)
         batch = gin.query_parameter("student/Trainer.batch_size")
         base = gin.query_parameter("%BASE_METHOD").scoped_configurable_fn()

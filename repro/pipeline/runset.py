@@ -1,13 +1,17 @@
-"""The set of runs ``params.yaml`` asks for: which experiment, profile, methods and seeds, and where
-each run's artefact and metrics live. Stages that work on "every student" (evaluate, diagnose,
-ablate, shift-sweep) read it here, so a seed dropped from params.yaml is not picked up from a stale
-folder, and a misspelt method or profile fails before any work with a one-line error."""
+"""The set of runs ``params.yaml`` asks for, and the one place a run's gin files are composed.
+
+Which experiment, profile, methods and seeds; where each run's artefact and metrics live; which gin
+files, in which order, configure it (:func:`gin_files`: experiment -> method -> kdci -> profile ->
+extras). The DVC stages, ablate, the shift sweep and bench all compose their runs here. Stages that
+work on "every student" (evaluate, diagnose, ablate, shift-sweep) read the set here, so a seed dropped
+from params.yaml is not picked up from a stale folder, and a misspelt method or profile fails before
+any work with a one-line error."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -84,3 +88,18 @@ def runs(params: dict[str, Any], models: Path = Path("models"), metrics: Path = 
     for method in params["methods"]:
         for seed in params["seeds"]:
             yield run_for(method, seed, models, metrics)
+
+
+def gin_files(params: Mapping[str, Any], method: str | None = None, kdci: bool = False,
+              extras: Sequence[str] = (), gin_root: Path = Path("gin")) -> list[Path]:
+    """The gin files of one run, in the order that gives each its say: the experiment (dataset and
+    pair), the method, KDCI around it, the profile's run sizes (which override both), then
+    ``extras`` (e.g. ``"ablations"`` for ``gin/ablations.gin``). Without a method: what the teacher
+    and the evaluation of any student need."""
+    files = [gin_root / "experiments" / f"{params['experiment']}.gin"]
+    if method is not None:
+        files.append(gin_root / "methods" / f"{method}.gin")
+    if kdci:
+        files.append(gin_root / "kdci.gin")
+    files.append(gin_root / "profiles" / f"{params['profile']}.gin")
+    return files + [gin_root / f"{extra}.gin" for extra in extras]

@@ -21,8 +21,7 @@ import gin
 
 from repro import artefact, config
 from repro.errors import UserError
-from repro.pipeline import diagnose, stages
-from repro.pipeline.runset import read_params
+from repro.pipeline import cells, diagnose, runset
 
 
 @gin.configurable
@@ -36,7 +35,7 @@ def sweep_settings(strengths: Sequence[float] = (0.0, 0.5, 1.0), max_skew: float
 
 def run_sweep(params_path: Path, teacher_dir: Path, out_dir: Path, gin_root: Path = Path("gin"),
               work_dir: Path = Path("models/shift_sweep"), track: bool = True) -> dict[str, Any]:
-    params = read_params(params_path, gin_root)
+    params = runset.read_params(params_path, gin_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not params.get("shift_sweep", False):
         text = ("# Shift sweep\n\nOff (the default). Run it with `dvc exp run -S shift_sweep=true`: MosaicKD and DFND "
@@ -44,9 +43,7 @@ def run_sweep(params_path: Path, teacher_dir: Path, out_dir: Path, gin_root: Pat
         (out_dir / "shift_sweep.md").write_text(text)
         print(text)
         return {}
-    experiment = gin_root / "experiments" / f"{params['experiment']}.gin"
-    profile = gin_root / "profiles" / f"{params['profile']}.gin"
-    config.parse([experiment, gin_root / "shift_sweep.gin"])
+    config.parse(runset.gin_files(params, extras=["shift_sweep"], gin_root=gin_root))
     settings = sweep_settings()
     seeds = settings["seeds"] if settings["seeds"] is not None else params["seeds"]
     teacher, _ = artefact.load_artefact(teacher_dir)
@@ -59,13 +56,12 @@ def run_sweep(params_path: Path, teacher_dir: Path, out_dir: Path, gin_root: Pat
             for seed in seeds:
                 row: dict[str, Any] = {"method": method, "strength": strength, "skew": skew, "degradation": strength,
                                        "seed": int(seed)}
-                for variant, extra in (("baseline", []), ("kdci", [gin_root / "kdci.gin"])):
+                for variant in ("baseline", "kdci"):
                     model_dir = work_dir / f"{method}-s{strength:g}" / variant / f"seed{seed}"
-                    config.parse([experiment, gin_root / "methods" / f"{method}.gin", *extra, profile,
-                                  gin_root / "shift_sweep.gin"], [f"SEED = {seed}", *bindings])
-                    stages.distill(teacher_dir, model_dir, Path("checkpoints"), track)
-                    config.parse([experiment, profile])
-                    metrics = stages.evaluate(model_dir, model_dir.parent / f"seed{seed}-metrics.json", track)
+                    metrics = cells.distill_and_evaluate(
+                        params, method, seed, teacher_dir=teacher_dir, model_dir=model_dir,
+                        metrics_path=model_dir.parent / f"seed{seed}-metrics.json", kdci=variant == "kdci",
+                        extras=["shift_sweep"], bindings=bindings, track=track, gin_root=gin_root)
                     row[f"{variant}_top1"] = metrics["top1"]
                     if variant == "baseline":
                         if real_features is None:

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (servers, import graphs, CLI runners); not tests themselves."""
