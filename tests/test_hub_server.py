@@ -126,7 +126,7 @@ def test_revision_pinning_and_branches(hub, tmp_path):
     assert (Path(snap) / "a.txt").read_bytes() == b"v1"
     assert hub.files(REPO, first)["a.txt"] == b"v1"
 
-    # A branch (as repro.hub.publish creates one) and a tag resolve like main.
+    # A branch (as repro.registry.hub.publish creates one) and a tag resolve like main.
     api.create_branch(REPO, branch="exp")
     api.create_branch(REPO, branch="exp", exist_ok=True)
     on_branch = api.upload_file(path_or_fileobj=b"v3", path_in_repo="a.txt", repo_id=REPO, revision="exp").oid

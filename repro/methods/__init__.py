@@ -1,7 +1,7 @@
-"""DFKD methods as plug-ins of the one :class:`~repro.engine.Trainer` (see :mod:`repro.methods.base`).
+"""DFKD methods as plug-ins of the one :class:`~repro.train.engine.Trainer` (see :mod:`repro.methods.base`).
 
 Generation-based: the generative family (DAFL, ZSKT, DFAD, DFQ presets), DeepInversion, CMI, Fast.
-Sampling-based: MosaicKD, DFND (their unlabeled pools are in :mod:`repro.pools`).
+Sampling-based: MosaicKD, DFND (their unlabeled pools are in :mod:`repro.data.pools`).
 """
 
 from repro.methods.base import Batch, DFKDMethod

@@ -1,5 +1,5 @@
 """Shared part of the sampling-based methods (MosaicKD, DFND): the unlabeled pool, loaded once
-through :mod:`repro.pools`, normalised with the teacher's convention and kept on the device."""
+through :mod:`repro.data.pools`, normalised with the teacher's convention and kept on the device."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the generator produces, so it cannot ask "how does KDCI's gain change as the shift grows?".
 
 For the sampling-based methods the substitution data *is* a pool, so here the pool is
-:class:`~repro.pools.ShiftedDigits` alone (held-out digits only) and one knob, the shift strength
+:class:`~repro.data.pools.ShiftedDigits` alone (held-out digits only) and one knob, the shift strength
 ``s`` in [0, 1], sets both of its parameters: class skew ``max_skew * s`` and image degradation ``s``.
 At every strength each method is distilled with and without KDCI for each seed, evaluated on the
 test split, and the shift actually reached is measured (TV shift score and Frechet distance of the

@@ -103,7 +103,7 @@ def _register(tracker: Tracker, out_dir: Path, seed: int) -> None:
     from repro.tracking.runs import registered_name
 
     config = artefact.read_config(out_dir)
-    sha = config["files"][artefact.WEIGHTS_FILE]
+    sha = config.weights_sha256
     tracker.set_tags({"weights_sha256": sha})  # what `repro audit` matches evaluations and versions by
     tracker.register_model(registered_name(config), out_dir, {
         "weights_sha256": sha, "seed": str(seed), "artefact": str(out_dir)}, alias=f"seed{seed}")
@@ -159,7 +159,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     """
     artefact.check_output_folder(out_dir)
     teacher, teacher_config = artefact.load_artefact(teacher_dir)
-    spec = DataSpec.from_dict(teacher_config["data"])
+    spec = teacher_config.data
     check_profile(spec.name)
     seed_everything(seed)
     model = student.build(num_classes=spec.num_classes, in_channels=spec.channels)
@@ -169,9 +169,8 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     monitor = monitor_dataset.split("test") if monitor_dataset is not None else None
     ckpt = _checkpoint_path(checkpoint_root, out_dir)
     tags = {"dataset": spec.name, "method": described["name"], "network": student.name,
-            "teacher": teacher_config["architecture"]["name"], "seed": seed, "kdci": str("kdci" in described).lower(),
-            "pair": f"{teacher_config['architecture']['name']}->{student.name}",
-            "teacher_weights_sha256": teacher_config["files"][artefact.WEIGHTS_FILE]}
+            "teacher": teacher_config.network, "seed": seed, "kdci": str("kdci" in described).lower(),
+            "pair": f"{teacher_config.network}->{student.name}", "teacher_weights_sha256": teacher_config.weights_sha256}
     with _tracked(f"distill-{described['name']}-seed{seed}", "distill", tags, track) as tracker:
         every = max(1, round(trainer.epochs / 4)) if substitution_grid_every is None else substitution_grid_every
         grids = SubstitutionGrids(method, spec, tracker, every, trainer.epochs)
@@ -183,7 +182,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
             grids(epoch)
 
         trained = trainer.fit(method, model, spec, teacher, monitor_data=monitor, checkpoint_path=ckpt,
-                              fingerprint=fingerprint("distill", gin.config_str(), teacher_config["files"]["model.safetensors"]),
+                              fingerprint=fingerprint("distill", gin.config_str(), teacher_config.weights_sha256),
                               tracker=tracker, on_epoch=on_epoch, label=f"distill {described['name']} seed {seed}")
         if not distributed.is_main():
             return out_dir  # rank 0 writes the artefact
@@ -191,7 +190,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
         config = {"role": "student", "architecture": student.to_dict(), "data": spec.to_dict(),
                   "dataset": teacher_config.get("dataset", {}), "method": described, "seed": seed,
                   "teacher": {"path": str(teacher_dir), "architecture": teacher_config["architecture"],
-                              "sha256": teacher_config["files"]["model.safetensors"]},
+                              "sha256": teacher_config.weights_sha256},
                   **method.artefact_config()}
         files = dict(method.artefact_files())
         if substitution_sample_size > 0:
@@ -219,7 +218,7 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise UserError(f"evaluate.batch_size = {batch_size!r} is invalid: it must be a positive integer")
     model, config = artefact.load_artefact(model_dir)
-    recorded, actual = DataSpec.from_dict(config["data"]), dataset.spec
+    recorded, actual = config.data, dataset.spec
     if (recorded.name, recorded.num_classes, recorded.channels, recorded.image_size) != (
             actual.name, actual.num_classes, actual.channels, actual.image_size):
         raise UserError(f"{model_dir} was trained for {recorded.name} ({recorded.num_classes} classes, {recorded.channels}x"
@@ -230,14 +229,12 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
         raise UserError(f"{model_dir} expects normalisation {recorded.mean}/{recorded.std} but the dataset gives "
                         f"{actual.mean}/{actual.std}: the dataset split settings differ from the teacher's")
     target = resolve_device(device)
-    method = config.get("method", {}).get("name", "unknown")
-    tags = {"dataset": actual.name, "method": method, "network": config["architecture"]["name"],
-            "seed": config.get("seed"), "role": config.get("role"), "kdci": str("kdci" in config.get("method", {})).lower(),
-            "weights_sha256": config["files"][artefact.WEIGHTS_FILE]}
-    if "teacher" in config:  # a student: which teacher it learnt from
-        tags.update(pair=f"{config['teacher']['architecture']['name']}->{config['architecture']['name']}",
-                    teacher_weights_sha256=config["teacher"]["sha256"])
-    with _tracked(f"evaluate-{method}-seed{config.get('seed')}", "evaluate", tags, track) as tracker:
+    method = config.method_name
+    tags = {"dataset": actual.name, "method": method, "network": config.network, "seed": config.seed,
+            "role": config.get("role"), "kdci": str(config.is_kdci).lower(), "weights_sha256": config.weights_sha256}
+    if config.pair is not None:  # a student: which teacher it learnt from
+        tags.update(pair=config.pair, teacher_weights_sha256=config["teacher"]["sha256"])
+    with _tracked(f"evaluate-{method}-seed{config.seed}", "evaluate", tags, track) as tracker:
         test = dataset.split("test")
         metrics = accuracy(model.to(target), test, actual.num_classes, target, batch_size)
         if isinstance(model, DeconfoundedStudent):
@@ -248,7 +245,7 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
             metrics.update({"backbone_top1": backbone["top1"], "backbone_top5": backbone["top5"]})
             tracker.log_metrics({"test/backbone_top1": backbone["top1"]})
         metrics.update({"model": str(model_dir), "role": config.get("role"), "method": method,
-                        "network": config["architecture"]["name"], "seed": config.get("seed")})
+                        "network": config.network, "seed": config.seed})
         write_metrics(metrics_path, metrics)
         _tag_metrics_file(tracker, metrics_path)
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})

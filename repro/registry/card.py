@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from repro.artefact import ArtefactRecord
+
 CARD_FILE, METRICS_FILE = "README.md", "metrics.json"
 CITATION = """@inproceedings{wang2024kdci,
   title     = {De-confounded Data-free Knowledge Distillation for Handling Distribution Shifts},
@@ -26,14 +28,12 @@ HUB_DATASETS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100", "t
                 "imagenet": "ILSVRC/imagenet-1k", "digits": "scikit-learn/digits"}
 
 
-def _front_matter(repo_id: str, config: dict[str, Any], metrics: dict[str, Any], checksums: dict[str, str]) -> dict:
+def _front_matter(repo_id: str, config: ArtefactRecord, metrics: dict[str, Any], checksums: dict[str, str]) -> dict:
     data = config["data"]["name"]
-    method = config.get("method", {})
-    is_kdci = "kdci" in method
     tags = ["data-free-knowledge-distillation", "knowledge-distillation", "pytorch", "safetensors", "kdci-repro"]
-    if config.get("role") == "student":
-        tags.append(method.get("base", method).get("name", "unknown"))
-        tags += ["kdci", "causal-inference"] if is_kdci else ["kdci-baseline"]
+    if config.role == "student":
+        tags.append(config.base_method)
+        tags += ["kdci", "causal-inference"] if config.is_kdci else ["kdci-baseline"]
     else:
         tags.append("teacher")
     return {
@@ -67,17 +67,17 @@ def read_card_checksums(text: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in sums.items()} if isinstance(sums, dict) else {}
 
 
-def _results_table(config: dict[str, Any], metrics: dict[str, Any], results: dict[str, Any] | None,
+def _results_table(config: ArtefactRecord, metrics: dict[str, Any], results: dict[str, Any] | None,
                    paired: dict[str, float]) -> list[str]:
     lines = ["## Results", "", f"Top-1 / top-5 of this model on the {config['data']['name']} test split "
              f"({metrics.get('samples', 'all')} images): **{metrics['top1']:.2f}% / {metrics['top5']:.2f}%**."]
     if "backbone_top1" in metrics:
         lines.append(f"With the intervention switched off (backbone only): {metrics['backbone_top1']:.2f}%.")
-    if config.get("role") != "student":
+    if config.role != "student":
         return lines + [""]
-    base = config["method"].get("base", config["method"])["name"]
+    base = config.base_method
     if paired:
-        lines += ["", f"The same seed ({config.get('seed')}), baseline vs KDCI (paired: same generator "
+        lines += ["", f"The same seed ({config.seed}), baseline vs KDCI (paired: same generator "
                   "initialisation and data order):", "", "| student | top-1 (%) |", "|---|---|"]
         lines += [f"| {base}{' + KDCI' if label == 'kdci' else ''} | {value:.2f} |" for label, value in paired.items()]
     row = next((r for r in (results or {}).get("rows", []) if r.get("method") == base), None)
@@ -92,21 +92,18 @@ def _results_table(config: dict[str, Any], metrics: dict[str, Any], results: dic
     return lines + [""]
 
 
-def render_card(repo_id: str, config: dict[str, Any], metrics: dict[str, Any], results: dict[str, Any] | None,
+def render_card(repo_id: str, config: ArtefactRecord, metrics: dict[str, Any], results: dict[str, Any] | None,
                 checksums: dict[str, str], paired: dict[str, float]) -> str:
     front = yaml.safe_dump(_front_matter(repo_id, config, metrics, checksums), sort_keys=False)
-    method = config.get("method", {})
-    role = config.get("role", "model")
-    arch = config["architecture"]["name"]
-    if role == "student":
-        base = method.get("base", method).get("name", "unknown")
-        what = (f"A {arch} student distilled data-free from a {config['teacher']['architecture']['name']} teacher with "
-                f"**{base}**" + (" wrapped in **KDCI** (confounder dictionary + backdoor-adjusted prediction)"
-                                 if "kdci" in method else " (the baseline, without KDCI)") + ".")
+    method, arch = config.method, config.network
+    if config.role == "student":
+        what = (f"A {arch} student distilled data-free from a {config.teacher_network} teacher with "
+                f"**{config.base_method}**" + (" wrapped in **KDCI** (confounder dictionary + backdoor-adjusted prediction)"
+                                               if config.is_kdci else " (the baseline, without KDCI)") + ".")
     else:
         what = f"The {arch} teacher the students of this run were distilled from, trained on the real training split."
     dictionary = ("\nThe confounder dictionary (`confounder_dictionary.safetensors`: prototypes, prior, PCA) is part of "
-                  "the model: the KDCI student's prediction uses it.\n" if "intervention" in config else "")
+                  "the model: the KDCI student's prediction uses it.\n" if config.is_kdci else "")
     body = [
         f"# {repo_id.split('/')[-1]}", "",
         what,
@@ -116,7 +113,7 @@ def render_card(repo_id: str, config: dict[str, Any], metrics: dict[str, Any], r
         *_results_table(config, metrics, results, paired),
         "## Use it", "",
         "```python",
-        "from repro.hub import load_student",
+        "from repro.registry.hub import load_student",
         f'model, config = load_student("{repo_id}")   # nn.Module in eval mode; expects normalised images',
         "```", "",
         "```bash",

@@ -26,6 +26,7 @@ from typing import Any, Callable, TypeVar
 
 from repro import artefact, io
 from repro.errors import UserError
+from repro.kdci import model as _kdci_model  # noqa: F401  (registers how a KDCI student is rebuilt)
 from repro.registry.card import (
     CARD_FILE,
     METRICS_FILE,
@@ -115,20 +116,19 @@ def stage_folder(model_dir: Path, repo_id: str, out_dir: Path, metrics_dir: Path
     return out_dir
 
 
-def _cell(config: dict[str, Any], metrics_dir: Path):
+def _cell(config: artefact.ArtefactRecord, metrics_dir: Path):
     """The pipeline cell (baseline method, seed) a student belongs to, with its metrics paths."""
     from repro.pipeline.runset import run_for
 
-    method = config["method"]
-    return run_for(method.get("base", method)["name"], config.get("seed", 0), metrics=metrics_dir)
+    return run_for(config.base_method, config.seed or 0, metrics=metrics_dir)
 
 
-def _metrics_of(model_dir: Path, config: dict[str, Any], metrics_dir: Path) -> dict[str, Any]:
-    if config.get("role") == "teacher":
+def _metrics_of(model_dir: Path, config: artefact.ArtefactRecord, metrics_dir: Path) -> dict[str, Any]:
+    if config.role == "teacher":
         path = metrics_dir / "teacher.json"
     else:
         cell = _cell(config, metrics_dir)
-        path = cell.kdci_metrics if "kdci" in config["method"] else cell.baseline_metrics
+        path = cell.kdci_metrics if config.is_kdci else cell.baseline_metrics
     if not path.exists():
         raise UserError(f"{path} is missing: evaluate {model_dir} first (`dvc repro evaluate`), the card's "
                         "numbers come from it")
@@ -138,9 +138,9 @@ def _metrics_of(model_dir: Path, config: dict[str, Any], metrics_dir: Path) -> d
     return metrics
 
 
-def _paired_metrics(config: dict[str, Any], metrics_dir: Path) -> dict[str, float]:
+def _paired_metrics(config: artefact.ArtefactRecord, metrics_dir: Path) -> dict[str, float]:
     """Top-1 of the same seed's baseline and KDCI students (the card's per-seed comparison)."""
-    if config.get("role") != "student":
+    if config.role != "student":
         return {}
     cell = _cell(config, metrics_dir)
     return {label: json.loads(path.read_text())["top1"]
@@ -236,8 +236,11 @@ def verify_folder(folder: Path, reference: str) -> dict[str, Any]:
 
 def load_student(reference: str, *, endpoint: str | None = None, token: str | None = None,
                  models_dir: Path = Path("models/hub")):
-    """``repro.hub.load_student("ORG/NAME[@REV]")`` -> ``(model, config)``: a ready ``nn.Module`` in eval
-    mode (a ``DeconfoundedStudent`` with its dictionary for KDCI students)."""
+    """``load_student("ORG/NAME[@REV]")`` or ``load_student("models/kdci/dafl/seed0")`` -> ``(model, config)``: a
+    ready ``nn.Module`` in eval mode (a ``DeconfoundedStudent`` with its dictionary for KDCI students). A local
+    artefact folder is loaded as it is (its digests checked); anything else is pulled from the Hub first."""
+    if Path(reference).is_dir():
+        return artefact.load_artefact(Path(reference))
     return artefact.load_artefact(pull(reference, models_dir, endpoint=endpoint, token=token))
 
 

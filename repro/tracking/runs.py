@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from repro.artefact import ArtefactRecord, read_config
 from repro.errors import UserError
 from repro.train.hooks import NullTracker, Tracker
 
@@ -260,15 +261,13 @@ def open_tracker(run_name: str, tags: Mapping[str, str]) -> Tracker:
         return NullTracker()
 
 
-def registered_name(config: Mapping[str, Any]) -> str:
+def registered_name(record: ArtefactRecord) -> str:
     """Registry name of an artefact: dataset, pair and method (+ ``-kdci``), e.g.
     ``digits-digits_cnn_large-digits_cnn_small-dafl-kdci``; teachers: ``digits-digits_cnn_large-teacher``."""
-    data, arch = config["data"]["name"], config["architecture"]["name"]
-    if config.get("role") != "student":
-        return f"{data}-{arch}-teacher"
-    method = config["method"]
-    base = method.get("base", method)["name"]
-    return f"{data}-{config['teacher']['architecture']['name']}-{arch}-{base}" + ("-kdci" if "kdci" in method else "")
+    data = record["data"]["name"]
+    if record.role != "student":
+        return f"{data}-{record.network}-teacher"
+    return f"{data}-{record.teacher_network}-{record.network}-{record.base_method}" + ("-kdci" if record.is_kdci else "")
 
 
 def _client():
@@ -279,10 +278,8 @@ def _client():
 
 def tag_published(model_dir: Path, repo_id: str, revision: str) -> None:
     """Tag the registered versions holding ``model_dir``'s weights with the Hub repo id and revision."""
-    import json
-
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    sha = config["files"]["model.safetensors"]
+    config = read_config(model_dir)
+    sha = config.weights_sha256
     try:
         client = _client()
         tagged = 0
