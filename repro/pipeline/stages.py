@@ -19,7 +19,7 @@ import torch
 
 from repro import artefact
 from repro.config import fingerprint, flat_bindings
-from repro.data.datasets import DataSpec, RealDataset
+from repro.data.datasets import RealDataset
 from repro.errors import UserError
 from repro.kdci.model import DeconfoundedStudent
 from repro.methods.base import DFKDMethod

@@ -161,7 +161,7 @@ def pipeline_parent(client: Any, uri: str, experiment_id: str, key: str, tags: M
         return run.info.run_id
 
 
-class MlflowTracker:
+class MlflowTracker(Tracker):
     """One MLflow run: tags, params, per-epoch metrics and artefacts; nested under the parent run of
     its pipeline execution when ``pipeline`` (a :func:`pipeline_key`) is given.
 

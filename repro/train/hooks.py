@@ -7,25 +7,14 @@ implements one that writes somewhere, so nothing below the pipeline imports mlfl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 
-class Tracker(Protocol):
-    """One recorded run: tags, params, per-step metrics, files, and its registered model."""
+class Tracker:
+    """One recorded run: tags, params, per-step metrics, files, and its registered model.
 
-    run_id: str | None
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-    def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
-    def log_text(self, text: str, name: str) -> None: ...
-    def finish(self, failed: bool = False) -> None: ...
-    def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None: ...
-
-
-class NullTracker:
-    """Records nothing; what the library uses unless a tracker is given."""
+    The interface, with every method a no-op; :mod:`repro.tracking` implements one that records.
+    """
 
     run_id: str | None = None
 
@@ -36,3 +25,7 @@ class NullTracker:
     def log_text(self, text: str, name: str) -> None: ...
     def finish(self, failed: bool = False) -> None: ...
     def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None: ...
+
+
+class NullTracker(Tracker):
+    """Records nothing; what the library uses unless a tracker is given."""
