@@ -132,7 +132,7 @@ def test_concurrent_first_stages_create_one_parent(recorded) -> None:
 def test_execution_key_is_the_nearest_dvc_ancestor(tmp_path) -> None:
     """A stage under `dvc` gets that dvc process's pid + start time; two executions differ; a
     process without a dvc ancestor gets none; REPRO_PIPELINE_RUN wins."""
-    probe = "from repro.tracking import pipeline_key; print(pipeline_key())"
+    probe = "from repro.tracking.runs import pipeline_key; print(pipeline_key())"
     fake_dvc = tmp_path / "dvc"  # a script named dvc: its process's comm is "dvc", like the real one
     fake_dvc.write_text(f'#!/bin/sh\necho "$$"\n"{sys.executable}" -c "{probe}"\necho done\n')
     fake_dvc.chmod(0o755)
