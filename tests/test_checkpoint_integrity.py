@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_errors import assert_one_line_error, run_main, snapshot
+from support.cli_errors import assert_one_line_error, run_main, snapshot
 from torch import nn
 
 from repro import artefact, io

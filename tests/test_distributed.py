@@ -25,7 +25,7 @@ def _torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_two_processes_keep_one_student_and_one_generator(teacher_dir, tmp_path):
     """Gradients are averaged over ranks: after training, both ranks hold bit-identical student and
     generator parameters; only rank 0 records the epoch metrics (reduced over ranks)."""
-    _torchrun(2, str(REPO / "tests/ddp_worker.py"), str(REPO), str(teacher_dir), str(tmp_path), cwd=tmp_path)
+    _torchrun(2, str(REPO / "tests/support/ddp_worker.py"), str(REPO), str(teacher_dir), str(tmp_path), cwd=tmp_path)
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["student"] == ranks[1]["student"]

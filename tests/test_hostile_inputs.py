@@ -20,8 +20,8 @@ from pathlib import Path
 import gin
 import pytest
 import torch
-from cli_errors import assert_one_line_error, run_main, snapshot
 from conftest import REPO
+from support.cli_errors import assert_one_line_error, run_main, snapshot
 
 EXPERIMENT = ["--gin", "gin/experiments/digits.gin"]
 SMOKE = ["--gin", "gin/profiles/smoke.gin"]

@@ -1,5 +1,5 @@
 """Publish -> pull -> evaluate with the real huggingface_hub client against a local Hub-compatible
-server (tests/hub_server.py), the model card, the failure cases, and the MLflow Model Registry."""
+server (tests/support/hub_server.py), the model card, the failure cases, and the MLflow Model Registry."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, run_cli
-from hub_server import FakeHub
+from support.hub_server import FakeHub
 
 from repro import artefact, config, io
 from repro.errors import UserError

@@ -1,6 +1,6 @@
 """Run under ``torchrun``: a few DAFL epochs through the Trainer; each rank writes what it holds.
 
-Used by tests/test_distributed.py. Writes ``<out>/rank<k>.json`` with the sha256 of the student's
+Run by path from tests/test_distributed.py. Writes ``<out>/rank<k>.json`` with the sha256 of the student's
 parameters, of DAFL's generator parameters, and the epoch metrics the Trainer computed.
 """
 
@@ -35,6 +35,7 @@ class _Metrics:
 
 
 def main(repo: str, teacher_dir: str, out: str) -> None:
+    import repro.configurables  # noqa: F401  (every gin name, as the CLI registers them)
     from repro import artefact, config
     from repro.data.datasets import DataSpec
     from repro.train import distributed
