@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import tokenize
 from pathlib import Path
 from typing import Iterable
@@ -57,6 +58,9 @@ def parse(files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None:
         reason = exc.args[0] if isinstance(exc, tokenize.TokenError) else _first_line(exc)
         raise UserError(f"gin syntax error{where}: {reason}; fix the gin file or --bind value") from None
     except (ValueError, KeyError, TypeError, IOError) as exc:
+        if "repro.configurables" not in sys.modules:  # a library caller that registered no names
+            raise UserError(f"gin config error: {_first_line(exc)}; import repro.configurables before parsing "
+                            "(it registers every gin name; the CLI does it)") from None
         raise UserError(f"gin config error: {_first_line(exc)}; check the spelling against `repro names`") from None
 
 
