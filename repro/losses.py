@@ -68,3 +68,16 @@ def bn_statistics_loss(batch_means: list[torch.Tensor], batch_vars: list[torch.T
     ``||mu(x) - running_mean||_2 + ||sigma^2(x) - running_var||_2``."""
     return torch.stack([torch.linalg.vector_norm(m - rm) + torch.linalg.vector_norm(v - rv)
                         for m, v, rm, rv in zip(batch_means, batch_vars, running_means, running_vars)]).sum()
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """``sum_i w_i * L_i`` of named loss terms (torchdistill's ``WeightedSumLoss``), added left to right in
+    the order of ``weights``: ``{a: w1, b: w2}`` is exactly ``w1 * a + w2 * b``, whatever order the terms
+    were logged in. A zero weight keeps its term (``0 * term``); every term needs a weight and every weight a term."""
+    if not weights or terms.keys() != weights.keys():
+        raise KeyError(f"loss terms {sorted(terms)} and weights {sorted(weights)} must name the same terms")
+    total = None
+    for name, weight in weights.items():
+        weighted = weight * terms[name]
+        total = weighted if total is None else total + weighted
+    return total

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -78,3 +79,34 @@ def test_divergences_keep_finite_gradients_for_a_saturated_teacher():
         teacher.grad = student.grad = None
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(teacher.grad).all() and torch.isfinite(student.grad).all()
+
+
+def test_weighted_sum_golden_value_and_gradients_are_the_weights():
+    terms = {"a": torch.tensor(2.0, requires_grad=True), "b": torch.tensor(-1.0, requires_grad=True),
+             "c": torch.tensor(0.5, requires_grad=True)}
+    total = losses.weighted_sum(terms, {"a": 0.25, "b": 1.0, "c": 4.0})
+    assert total.item() == 1.5  # 0.25 * 2 - 1 + 4 * 0.5
+    total.backward()
+    assert [terms[name].grad.item() for name in "abc"] == [0.25, 1.0, 4.0]
+
+
+def test_weighted_sum_is_bit_identical_to_the_inline_expression_in_the_order_of_the_weights():
+    """Methods moved from ``w1 * a + w2 * b + ...`` to the helper without changing a bit of training:
+    the sum runs left to right in the weights' order, whatever order the terms were logged in."""
+    torch.manual_seed(0)
+    a, b, c, d = (torch.randn(()) * 10.0 ** torch.randint(-6, 6, ()) for _ in range(4))
+    weights = {"bn_statistics": 10.0, "onehot": 0.4, "adversarial": 1.1, "total_variation": 3e-5}
+    logged = {"total_variation": d, "onehot": b, "bn_statistics": a, "adversarial": c}
+    inline = 10.0 * a + 0.4 * b + 1.1 * c + 3e-5 * d
+    assert torch.equal(losses.weighted_sum(logged, weights), inline)
+    reordered = dict(reversed(list(weights.items())))
+    assert torch.equal(losses.weighted_sum(logged, reordered), 3e-5 * d + 1.1 * c + 0.4 * b + 10.0 * a)
+
+
+def test_weighted_sum_keeps_zero_weighted_terms_and_rejects_unmatched_names():
+    term = torch.tensor(3.0, requires_grad=True)
+    losses.weighted_sum({"kd": torch.tensor(1.0), "off": term}, {"kd": 1.0, "off": 0.0}).backward()
+    assert term.grad is not None and term.grad.item() == 0.0  # switched off, still in the graph
+    for terms, weights in (({"kd": term}, {}), ({"kd": term}, {"kd": 1.0, "ce": 1.0}), ({}, {})):
+        with pytest.raises(KeyError, match="must name the same terms"):
+            losses.weighted_sum(terms, weights)

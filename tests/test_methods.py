@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
 from pathlib import Path
 
 import gin
@@ -94,3 +97,35 @@ def test_trainer_evaluates_the_student_the_method_trains(method_file: tuple[Path
     assert any(module is student for module in trained.modules())
     assert method.student is trained or any(module is method.student for module in trained.modules())
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, student.parameters()))
+
+
+@pytest.mark.parametrize("method_file", METHODS, ids=_ids)
+def test_describe_records_every_constructor_argument_as_json(method_file: tuple[Path, ...]) -> None:
+    method = _method(method_file)
+    described = json.loads(json.dumps(method.describe()))  # JSON-able as it is
+    stem = method_file[0].stem  # every preset file is named after its method
+    if len(method_file) > 1:  # KDCI: {"name": "<base>+kdci", "base": {...}, "kdci": {...}}
+        assert described["name"] == f"{stem}+kdci" and set(described) == {"name", "base", "kdci"}
+        assert set(_parameters(method)) - {"base"} == set(described["kdci"])
+        method, described = method.base, described["base"]
+    assert described["name"] == stem
+    assert set(_parameters(method)) <= set(described)
+
+
+def test_supervised_describe_lists_its_arguments() -> None:
+    from repro.methods import Supervised
+
+    described = Supervised(train_data=torch.utils.data.TensorDataset(torch.zeros(2)), seed=3).describe()
+    assert described == {"name": "supervised", "train_data": "TensorDataset", "seed": 3, "num_workers": 0,
+                         "label_smoothing": 0.0}
+
+
+def test_no_method_hard_codes_an_optimiser() -> None:
+    """Generator, image and head optimisers are gin-bound classes (``@generator/Adam``), as the student's is."""
+    sources = [*(REPO / "repro/methods").glob("*.py"), REPO / "repro/kdci/method.py"]
+    offenders = [path.name for path in sources if re.search(r"torch\.optim\.\w+\(", path.read_text())]
+    assert not offenders
+
+
+def _parameters(method: DFKDMethod) -> list[str]:
+    return [name for name in inspect.signature(type(method).__init__).parameters if name != "self"]

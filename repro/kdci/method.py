@@ -54,6 +54,7 @@ class KDCI(DFKDMethod):
         whiten: bool = True,
         seed: int = 0,
     ) -> None:
+        self.record_settings(locals())
         checks = [
             (feature_source in FEATURE_SOURCES, f"KDCI.feature_source = {feature_source!r}: choose {', '.join(FEATURE_SOURCES)}"),
             (prior in PRIORS, f"KDCI.prior = {prior!r}: choose {', '.join(PRIORS)}"),
@@ -172,14 +173,8 @@ class KDCI(DFKDMethod):
         return {**self.base.artefact_config(), "intervention": self.model.describe()}
 
     def describe(self) -> dict[str, Any]:
-        base = self.base.describe()
-        return {
-            "name": f"{base['name']}+kdci",
-            "base": base,
-            "kdci": {"num_prototypes": self.num_prototypes, "pca_dim": self.pca_dim,
-                     "feature_source": self.feature_source, "prior": self.prior, "attention": self.attention,
-                     "fusion": self.fusion, "attention_dim": self.attention_dim,
-                     "dictionary_samples": self.dictionary_samples, "warmup_epochs": self.warmup_epochs,
-                     "refresh_every_epochs": self.refresh_every_epochs, "random_prototypes": self.random_prototypes,
-                     "whiten": self.whiten},
-        }
+        """``{"name": "<base>+kdci", "base": <the baseline's record>, "kdci": <KDCI's settings>}``."""
+        kdci = super().describe()
+        del kdci["name"]
+        base = kdci.pop("base")
+        return {"name": f"{base['name']}+kdci", "base": base, "kdci": kdci}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +42,13 @@ class DFKDMethod(abc.ABC):
     student: nn.Module
     spec: DataSpec
     device: torch.device
+    name: str = ""  # describe()'s "name" when it is not a constructor argument; "": the class name, lower case
+    settings: dict[str, Any]
+
+    def record_settings(self, arguments: dict[str, Any]) -> None:
+        """Keep the constructor's arguments (gin bindings and defaults) for :meth:`describe`: call it
+        first in ``__init__`` with ``locals()``."""
+        self.settings = {key: value for key, value in arguments.items() if key not in ("self", "__class__")}
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
               device: torch.device) -> nn.Module:
@@ -98,8 +106,9 @@ class DFKDMethod(abc.ABC):
         return {}
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-able record of the method and its settings (config.json, MLflow tags)."""
-        return {"name": type(self).__name__.lower()}
+        """A JSON-able record of the method and every constructor argument (config.json, MLflow tags)."""
+        settings = {key: jsonable(value) for key, value in getattr(self, "settings", {}).items()}
+        return {"name": self.name or type(self).__name__.lower(), **settings}
 
     def _kd_terms(self, x: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
         """The student loss shared by the KD-based methods: ``kd_loss(student(x), teacher(x), T)``."""
@@ -116,3 +125,20 @@ class DFKDMethod(abc.ABC):
         """Teacher logits ``[B, K]`` and penultimate features ``[B, D]`` (gradients flow to ``x``)."""
         assert self.teacher is not None, "this method needs a teacher"
         return self.teacher(x, return_features=True)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` for a JSON record: tuples as lists, specs by ``to_dict()``, pools and wrapped methods by
+    ``describe()``, classes and functions (an optimiser class) by name, anything else by its type's name."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if inspect.isclass(value) or inspect.isroutine(value):
+        return value.__qualname__
+    for record in ("to_dict", "describe"):
+        if callable(getattr(value, record, None)):
+            return jsonable(getattr(value, record)())
+    return type(value).__name__

@@ -10,13 +10,14 @@ global and a local crop, with earlier batches' features in a memory bank as nega
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gin
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro import losses
 from repro.data.datasets import DataSpec
 from repro.errors import UserError
 from repro.methods.inversion import (
@@ -28,6 +29,7 @@ from repro.methods.inversion import (
 )
 from repro.nets.spec import NetSpec
 from repro.train import distributed
+from repro.train.optim import build_optimizer
 
 
 def reset_generator(generator: nn.Module) -> None:
@@ -59,22 +61,31 @@ class CMI(PoolDistillation):
     """Defaults: zju-vipa CMI ``scripts/cmi/adv_cmi_cifar10_wrn402_wrn161.sh`` / Fast-Datafree
     ``scripts/cmi_cifar.sh`` (--bn 1 --oh 1 --adv 0.5 --cr 0.8 --cr_T 0.2 --T 20 --lr_g 1e-3
     --g_steps 200, bank 40960, 4096 negatives, head dim 128, global view = crop with 4/32 padding +
-    flip, local view = resized crop of area [0.25, 1] + flip)."""
+    flip, local view = resized crop of area [0.25, 1] + flip).
 
-    def __init__(self, generator: NetSpec = gin.REQUIRED, synthesis_batch_size: int = 256,
+    ``generator_lr`` is the reference's lr_g, the learning rate of the generator, its codes and the
+    projection head alike (profiles tune it): it is set on the parameter groups given to the
+    ``generator_optimizer`` and ``head_optimizer`` classes, which bring the rest (e.g. betas)."""
+
+    def __init__(self, generator: NetSpec = gin.REQUIRED,
+                 generator_optimizer: Callable[..., torch.optim.Optimizer] = gin.REQUIRED,
+                 head_optimizer: Callable[..., torch.optim.Optimizer] = gin.REQUIRED, synthesis_batch_size: int = 256,
                  synthesis_steps: int = 200, generator_lr: float = 1e-3, bn_weight: float = 1.0,
                  onehot_weight: float = 1.0, adversarial_weight: float = 0.5, contrastive_weight: float = 0.8,
                  contrastive_temperature: float = 0.2, bank_size: int = 40960, negatives: int = 4096,
                  head_dim: int = 128, global_shift: float = 0.125, local_scale: tuple[float, float] = (0.5, 1.0),
                  flip: bool = True, temperature: float = 20.0, pool_size: int = 50_000) -> None:
+        self.record_settings(locals())
         if synthesis_steps <= 0 or synthesis_batch_size <= 0:
             raise UserError("CMI.synthesis_steps and CMI.synthesis_batch_size must be positive")
         if contrastive_temperature <= 0:
             raise UserError(f"CMI.contrastive_temperature = {contrastive_temperature}: must be > 0")
         self.generator_spec, self.synthesis_batch_size = generator, synthesis_batch_size
+        self.make_generator_optim, self.make_head_optim = generator_optimizer, head_optimizer
         self.synthesis_steps, self.generator_lr = synthesis_steps, generator_lr
-        self.bn_weight, self.onehot_weight, self.adversarial_weight = bn_weight, onehot_weight, adversarial_weight
-        self.contrastive_weight, self.contrastive_temperature = contrastive_weight, contrastive_temperature
+        self.weights = {"bn_statistics": bn_weight, "onehot": onehot_weight, "adversarial": adversarial_weight,
+                        "contrastive": contrastive_weight}
+        self.contrastive_temperature = contrastive_temperature
         self.bank_size, self.negatives, self.head_dim = bank_size, negatives, head_dim
         self.global_shift, self.local_scale, self.flip = global_shift, tuple(local_scale), flip
         self.temperature, self.pool_size = temperature, pool_size
@@ -86,7 +97,8 @@ class CMI(PoolDistillation):
         self.generator = self.generator_spec.build(image_size=spec.image_size, out_channels=spec.channels).to(device)
         feature_dim = sum(layer.num_features for layer in self.bn.layers)
         self.head = _ProjectionHead(feature_dim, self.head_dim).to(device)
-        self.head_optim = torch.optim.Adam(self.head.parameters(), lr=self.generator_lr)
+        self.head_optim = build_optimizer(self.make_head_optim, [{"params": self.head.parameters(),
+                                                                  "lr": self.generator_lr}], "head")
         # Memory bank of [local | global] instance features of earlier rounds' best images.
         self.bank = torch.empty(0, 2 * feature_dim, device=device)
         return trained
@@ -114,8 +126,9 @@ class CMI(PoolDistillation):
         self.generator.train()
         z = torch.randn(size, self.generator.latent_dim, device=self.device, requires_grad=True)
         targets = torch.randint(spec.num_classes, (size,), device=self.device)
-        optimizer = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}],
-                                     lr=self.generator_lr, betas=(0.5, 0.999))
+        lr = self.generator_lr
+        optimizer = build_optimizer(self.make_generator_optim, [{"params": self.generator.parameters(), "lr": lr},
+                                                                {"params": [z], "lr": lr}], "generator")
         best = None
         terms: dict[str, torch.Tensor] = {}
         self.bn.active = True
@@ -131,10 +144,9 @@ class CMI(PoolDistillation):
                 local_features = self.bn.instance_features()
                 self.bn.clear()  # the local view's BN statistics are not part of the inversion loss
                 terms["adversarial"] = (masked_adversarial(self.student(global_view), teacher_logits)
-                                        if self.adversarial_weight > 0 else torch.zeros((), device=self.device))
+                                        if self.weights["adversarial"] > 0 else torch.zeros((), device=self.device))
                 terms["contrastive"] = self._contrastive(local_features, global_features)
-                loss = (self.bn_weight * terms["bn_statistics"] + self.onehot_weight * terms["onehot"]
-                        + self.adversarial_weight * terms["adversarial"] + self.contrastive_weight * terms["contrastive"])
+                loss = losses.weighted_sum(terms, self.weights)
                 best = keep_best(best, loss, images, torch.cat([local_features, global_features], dim=1))
                 optimizer.zero_grad(set_to_none=True)
                 self.head_optim.zero_grad(set_to_none=True)
@@ -158,9 +170,3 @@ class CMI(PoolDistillation):
         self.bank = state["bank"].to(self.device)
         self.head.load_state_dict(state["head"])
         self.head_optim.load_state_dict(state["head_optimizer"])
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": "cmi", "bn_weight": self.bn_weight, "onehot_weight": self.onehot_weight,
-                "adversarial_weight": self.adversarial_weight, "contrastive_weight": self.contrastive_weight,
-                "contrastive_temperature": self.contrastive_temperature, "synthesis_steps": self.synthesis_steps,
-                "temperature": self.temperature, "generator": self.generator_spec.to_dict()}

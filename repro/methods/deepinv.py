@@ -9,7 +9,7 @@ random jitter/flip regularise them. Finished batches go to a pool that the stude
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Callable
 
 import gin
 import torch
@@ -20,6 +20,7 @@ from repro import losses
 from repro.data.datasets import DataSpec
 from repro.errors import UserError
 from repro.methods.inversion import BNStatistics, PoolDistillation, keep_best
+from repro.train.optim import build_optimizer
 
 
 @gin.configurable
@@ -28,17 +29,23 @@ class DeepInversion(PoolDistillation):
     --bn 10 --oh 1 --adv 1 --T 20 --lr_g 0.1 --g_steps 1000) and its synthesiser (jitter of 1/8 of
     the image by rolling, random horizontal flip, JS temperature 3, images clipped to the valid range)."""
 
-    def __init__(self, synthesis_batch_size: int = 256, synthesis_steps: int = 1000, image_lr: float = 0.1,
-                 bn_weight: float = 10.0, onehot_weight: float = 1.0, adversarial_weight: float = 1.0,
-                 tv_weight: float = 0.0, jitter: float = 0.125, flip: bool = True, temperature: float = 20.0,
+    name = "deepinv"
+
+    def __init__(self, image_optimizer: Callable[..., torch.optim.Optimizer] = gin.REQUIRED,
+                 synthesis_batch_size: int = 256, synthesis_steps: int = 1000, bn_weight: float = 10.0,
+                 onehot_weight: float = 1.0, adversarial_weight: float = 1.0, tv_weight: float = 0.0,
+                 jitter: float = 0.125, flip: bool = True, temperature: float = 20.0,
                  adversarial_temperature: float = 3.0, pool_size: int = 50_000) -> None:
+        self.record_settings(locals())
         for name, value in (("synthesis_batch_size", synthesis_batch_size), ("synthesis_steps", synthesis_steps),
                             ("pool_size", pool_size)):
             if not isinstance(value, int) or value <= 0:
                 raise UserError(f"DeepInversion.{name} = {value!r} is invalid: it must be a positive integer")
-        self.synthesis_batch_size, self.synthesis_steps, self.image_lr = synthesis_batch_size, synthesis_steps, image_lr
-        self.bn_weight, self.onehot_weight, self.adversarial_weight = bn_weight, onehot_weight, adversarial_weight
-        self.tv_weight, self.jitter, self.flip = tv_weight, jitter, flip
+        self.make_optimizer = image_optimizer
+        self.synthesis_batch_size, self.synthesis_steps = synthesis_batch_size, synthesis_steps
+        self.weights = {"bn_statistics": bn_weight, "onehot": onehot_weight, "adversarial": adversarial_weight,
+                        "total_variation": tv_weight}
+        self.jitter, self.flip = jitter, flip
         self.temperature, self.adversarial_temperature, self.pool_size = temperature, adversarial_temperature, pool_size
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
@@ -58,7 +65,7 @@ class DeepInversion(PoolDistillation):
         spec, size = self.spec, self.synthesis_batch_size
         images = torch.randn(size, spec.channels, spec.image_size, spec.image_size, device=self.device, requires_grad=True)
         targets = torch.randint(spec.num_classes, (size,), device=self.device)
-        optimizer = torch.optim.Adam([images], lr=self.image_lr, betas=(0.5, 0.99))
+        optimizer = build_optimizer(self.make_optimizer, [images], "image")
         self.bn.active = True
         terms: dict[str, torch.Tensor] = {}
         best = None
@@ -70,9 +77,8 @@ class DeepInversion(PoolDistillation):
                          "total_variation": losses.total_variation_loss(view)}
                 terms["adversarial"] = (-losses.jensen_shannon_loss(self.student(view), teacher_logits,
                                                                    self.adversarial_temperature)
-                                        if self.adversarial_weight > 0 else torch.zeros((), device=self.device))
-                loss = (self.bn_weight * terms["bn_statistics"] + self.onehot_weight * terms["onehot"]
-                        + self.adversarial_weight * terms["adversarial"] + self.tv_weight * terms["total_variation"])
+                                        if self.weights["adversarial"] > 0 else torch.zeros((), device=self.device))
+                loss = losses.weighted_sum(terms, self.weights)
                 best = keep_best(best, loss, images)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -83,8 +89,3 @@ class DeepInversion(PoolDistillation):
         finally:
             self.bn.active = False
         return best[1], terms
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": "deepinv", "bn_weight": self.bn_weight, "onehot_weight": self.onehot_weight,
-                "adversarial_weight": self.adversarial_weight, "tv_weight": self.tv_weight,
-                "synthesis_steps": self.synthesis_steps, "temperature": self.temperature}

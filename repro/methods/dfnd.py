@@ -39,6 +39,7 @@ class DFND(PoolSampling):
     def __init__(self, pool: UnlabeledPool = gin.REQUIRED, selected_per_class: int = 200,
                  temperature: float = 4.0, teacher_accuracy: float = 0.95, confident_fraction: float = 0.5,
                  noise_weight: float = 1.0) -> None:
+        self.record_settings(locals())
         if not 0 < teacher_accuracy < 1:
             raise UserError(f"DFND.teacher_accuracy = {teacher_accuracy}: must lie strictly between 0 and 1")
         if not 0 < confident_fraction <= 1 or selected_per_class <= 0:
@@ -88,7 +89,8 @@ class DFND(PoolSampling):
         kd = losses.kd_loss(student_logits[confident], teacher_logits[confident], self.temperature) * keep / len(labels)
         adapted = F.softmax(student_logits, dim=1) @ self.adaptation_matrix()
         noisy = F.nll_loss(adapted.clamp_min(1e-12).log(), labels)
-        loss = kd + self.noise_weight * noisy
+        # The KD term is unweighted in mmrazor's DFND loss: a weight of 1.0 (exact) keeps the sum's bits.
+        loss = losses.weighted_sum({"kd": kd, "noisy_ce": noisy}, {"kd": 1.0, "noisy_ce": self.noise_weight})
         agreement = (student_logits.argmax(1) == labels).float().mean()
         return {"loss": loss, "kd": kd.detach(), "noisy_ce": noisy.detach(), "teacher_agreement": agreement}
 
@@ -100,9 +102,7 @@ class DFND(PoolSampling):
             self.noise_logits.copy_(state["noise_logits"])
 
     def describe(self) -> dict[str, Any]:
-        record = {"name": "dfnd", "selected_per_class": self.selected_per_class, "temperature": self.temperature,
-                  "teacher_accuracy": self.teacher_accuracy, "confident_fraction": self.confident_fraction,
-                  "noise_weight": self.noise_weight, **self.pool_record()}
-        if hasattr(self, "selected"):
+        record = super().describe()
+        if hasattr(self, "selected"):  # after setup
             record["selected"] = len(self.selected)
         return record

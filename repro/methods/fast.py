@@ -10,13 +10,14 @@ scripts/fast_cifar.sh).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import gin
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro import losses
 from repro.data.datasets import DataSpec
 from repro.errors import UserError
 from repro.methods.inversion import (
@@ -28,6 +29,7 @@ from repro.methods.inversion import (
 )
 from repro.nets.spec import NetSpec
 from repro.train import distributed
+from repro.train.optim import build_optimizer
 
 
 @gin.configurable
@@ -39,26 +41,29 @@ class Fast(PoolDistillation):
 
     ``meta``: 'fomaml' (the script's --is_maml 1: the fast copy's gradients accumulate on the meta
     generator every step, one meta step per round) or 'reptile' (meta gradient = meta - adapted
-    weights). The meta optimiser's learning rate is ``generator_lr * synthesis_steps``, as in the
-    reference code. ``warmup_rounds``: synthesis rounds run before the first student step (the
+    weights). ``generator_optimizer`` (its lr is the script's lr_g) serves the per-round copy, whose
+    latent codes learn at ``latent_lr`` (lr_z), and the meta generator, at ``lr_g * synthesis_steps``
+    as in the reference code. ``warmup_rounds``: synthesis rounds run before the first student step (the
     script's --warmup epochs, which synthesise without training the student).
     ``reset_first_layer_at``: round at which the generator's input layer is re-initialised
     (the reference resets it at epoch 120 of 220; 0 disables).
     """
 
-    def __init__(self, generator: NetSpec = gin.REQUIRED, synthesis_batch_size: int = 256, synthesis_steps: int = 2,
-                 generator_lr: float = 5e-3, latent_lr: float = 0.015, bn_weight: float = 10.0,
-                 onehot_weight: float = 0.4, adversarial_weight: float = 1.1, bn_momentum: float = 0.9,
-                 meta: str = "fomaml", warmup_rounds: int = 20, reset_first_layer_at: int = 120,
+    def __init__(self, generator: NetSpec = gin.REQUIRED,
+                 generator_optimizer: Callable[..., torch.optim.Optimizer] = gin.REQUIRED,
+                 synthesis_batch_size: int = 256, synthesis_steps: int = 2, latent_lr: float = 0.015,
+                 bn_weight: float = 10.0, onehot_weight: float = 0.4, adversarial_weight: float = 1.1,
+                 bn_momentum: float = 0.9, meta: str = "fomaml", warmup_rounds: int = 20, reset_first_layer_at: int = 120,
                  shift: float = 0.125, flip: bool = True, temperature: float = 20.0, pool_size: int = 50_000,
                  name: str = "fast") -> None:
+        self.record_settings(locals())
         if meta not in ("fomaml", "reptile"):
             raise UserError(f"Fast.meta = {meta!r}: choose 'fomaml' or 'reptile'")
         if synthesis_steps <= 0 or warmup_rounds < 0 or not 0 <= bn_momentum < 1:
             raise UserError("Fast: synthesis_steps must be > 0, warmup_rounds >= 0 and bn_momentum in [0, 1)")
         self.generator_spec, self.synthesis_batch_size, self.synthesis_steps = generator, synthesis_batch_size, synthesis_steps
-        self.generator_lr, self.latent_lr = generator_lr, latent_lr
-        self.bn_weight, self.onehot_weight, self.adversarial_weight = bn_weight, onehot_weight, adversarial_weight
+        self.make_optimizer, self.latent_lr = generator_optimizer, latent_lr
+        self.weights = {"bn_statistics": bn_weight, "onehot": onehot_weight, "adversarial": adversarial_weight}
         self.bn_momentum, self.meta, self.warmup_rounds = bn_momentum, meta, warmup_rounds
         self.reset_first_layer_at, self.shift, self.flip = reset_first_layer_at, shift, flip
         self.temperature, self.pool_size = temperature, pool_size
@@ -69,8 +74,9 @@ class Fast(PoolDistillation):
         trained = super().setup(teacher, student, spec, device)
         self.bn = BNStatistics(teacher, momentum=self.bn_momentum)
         self.generator = self.generator_spec.build(image_size=spec.image_size, out_channels=spec.channels).to(device)
-        self.meta_optim = torch.optim.Adam(self.generator.parameters(), lr=self.generator_lr * self.synthesis_steps,
-                                           betas=(0.5, 0.999))
+        self.meta_optim = build_optimizer(self.make_optimizer, self.generator.parameters(), "generator")
+        for group in self.meta_optim.param_groups:  # meta lr = lr_g * g_steps (fast_meta.py)
+            group["lr"] *= self.synthesis_steps
         return trained
 
     def _first_layer(self) -> nn.Module:
@@ -90,8 +96,8 @@ class Fast(PoolDistillation):
         z = torch.randn(size, self.generator.latent_dim, device=self.device, requires_grad=True)
         targets = torch.randint(spec.num_classes, (size,), device=self.device)
         fast = copy.deepcopy(self.generator).train()
-        optimizer = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": self.latent_lr}],
-                                     lr=self.generator_lr, betas=(0.5, 0.999))
+        optimizer = build_optimizer(self.make_optimizer, [{"params": fast.parameters()},
+                                                          {"params": [z], "lr": self.latent_lr}], "generator")
         self.meta_optim.zero_grad(set_to_none=True)
         best = None
         terms: dict[str, torch.Tensor] = {}
@@ -103,9 +109,8 @@ class Fast(PoolDistillation):
                 teacher_logits = self.teacher(view)
                 terms = {"bn_statistics": self.bn.loss(), "onehot": F.cross_entropy(teacher_logits, targets)}
                 terms["adversarial"] = (masked_adversarial(self.student(view), teacher_logits)
-                                        if self.adversarial_weight > 0 else torch.zeros((), device=self.device))
-                loss = (self.bn_weight * terms["bn_statistics"] + self.onehot_weight * terms["onehot"]
-                        + self.adversarial_weight * terms["adversarial"])
+                                        if self.weights["adversarial"] > 0 else torch.zeros((), device=self.device))
+                loss = losses.weighted_sum(terms, self.weights)
                 best = keep_best(best, loss, images)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -136,9 +141,3 @@ class Fast(PoolDistillation):
         self.meta_optim.load_state_dict(state["meta_optimizer"])
         self.bn.load_state_dict(state["bn"])
         self.rounds = int(state["rounds"])
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "synthesis_steps": self.synthesis_steps, "bn_weight": self.bn_weight,
-                "onehot_weight": self.onehot_weight, "adversarial_weight": self.adversarial_weight,
-                "bn_momentum": self.bn_momentum, "meta": self.meta, "warmup_rounds": self.warmup_rounds,
-                "temperature": self.temperature, "generator": self.generator_spec.to_dict()}

@@ -60,14 +60,15 @@ class GenerativeDFKD(DFKDMethod):
         discrepancy: str = "kl",
         temperature: float = 20.0,
     ) -> None:
+        self.record_settings(locals())
         if discrepancy not in DISCREPANCIES:
             raise UserError(f"GenerativeDFKD.discrepancy = {discrepancy!r}: choose {', '.join(DISCREPANCIES)}")
         if generator_steps <= 0 or synthesis_batch_size <= 0:
             raise UserError("GenerativeDFKD.generator_steps and synthesis_batch_size must be positive")
         self.generator_spec, self.make_optimizer, self.name = generator, generator_optimizer, name
         self.synthesis_batch_size, self.generator_steps = synthesis_batch_size, generator_steps
-        self.onehot_weight, self.activation_weight = onehot_weight, activation_weight
-        self.entropy_weight, self.bn_weight, self.adversarial_weight = entropy_weight, bn_weight, adversarial_weight
+        self.weights = {"onehot": onehot_weight, "activation": activation_weight, "information_entropy": entropy_weight,
+                        "bn_statistics": bn_weight, "adversarial": adversarial_weight}
         self.discrepancy, self.temperature = discrepancy, temperature
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
@@ -75,7 +76,7 @@ class GenerativeDFKD(DFKDMethod):
         trained = super().setup(teacher, student, spec, device)
         self.generator = self.generator_spec.build(image_size=spec.image_size, out_channels=spec.channels).to(device)
         self.generator_optim = build_optimizer(self.make_optimizer, self.generator.parameters(), "generator")
-        self.bn = BNStatistics(teacher) if self.bn_weight > 0 else None
+        self.bn = BNStatistics(teacher) if self.weights["bn_statistics"] > 0 else None
         return trained
 
     def _generate(self, batch_size: int) -> torch.Tensor:
@@ -102,11 +103,9 @@ class GenerativeDFKD(DFKDMethod):
                     "information_entropy": losses.information_entropy_loss(logits),
                     "bn_statistics": self.bn.loss() if self.bn is not None else zero,
                     "adversarial": (-discrepancy(self.student(images), logits, self.discrepancy, self.temperature)
-                                    if self.adversarial_weight > 0 else zero),
+                                    if self.weights["adversarial"] > 0 else zero),
                 }
-                loss = (self.onehot_weight * terms["onehot"] + self.activation_weight * terms["activation"]
-                        + self.entropy_weight * terms["information_entropy"] + self.bn_weight * terms["bn_statistics"]
-                        + self.adversarial_weight * terms["adversarial"])
+                loss = losses.weighted_sum(terms, self.weights)
                 self.generator_optim.zero_grad(set_to_none=True)
                 loss.backward()
                 distributed.average_optimizer_gradients(self.generator_optim)
@@ -138,16 +137,3 @@ class GenerativeDFKD(DFKDMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.load_state_dict(state["generator"])
         self.generator_optim.load_state_dict(state["generator_optimizer"])
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "onehot_weight": self.onehot_weight,
-            "activation_weight": self.activation_weight,
-            "entropy_weight": self.entropy_weight,
-            "bn_weight": self.bn_weight,
-            "adversarial_weight": self.adversarial_weight,
-            "discrepancy": self.discrepancy,
-            "temperature": self.temperature,
-            "generator": self.generator_spec.to_dict(),
-        }

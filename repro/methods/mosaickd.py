@@ -44,11 +44,12 @@ class MosaicKD(PoolSampling):
                  synthesis_batch_size: int = 256, local_weight: float = 1.0, align_weight: float = 1.0,
                  adversarial_weight: float = 1.0, balance_weight: float = 10.0, temperature: float = 1.0,
                  pool_fraction: float = 0.5) -> None:
+        self.record_settings(locals())
         self.generator_spec, self.discriminator_spec, self.unlabeled = generator, discriminator, pool
         self.make_generator_optim, self.make_discriminator_optim = generator_optimizer, discriminator_optimizer
         self.synthesis_batch_size = synthesis_batch_size
-        self.local_weight, self.align_weight = local_weight, align_weight
-        self.adversarial_weight, self.balance_weight = adversarial_weight, balance_weight
+        self.weights = {"local": local_weight, "align": align_weight, "adversarial": adversarial_weight,
+                        "balance": balance_weight}
         self.temperature, self.pool_fraction = temperature, pool_fraction
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
@@ -71,11 +72,12 @@ class MosaicKD(PoolSampling):
         size = self.synthesis_batch_size
         fake = self._generate(size)
         real = self.draw_pool(size)
-        # Patch discrimination: pool patches are "real", generated ones "fake".
+        # Patch discrimination: pool patches are "real", generated ones "fake"; the reference weights it
+        # with the generator's local weight too (kd_mosaic.py: loss_d = local * 0.5 * (fake + real)).
         fake_logits, real_logits = self.discriminator(fake.detach()), self.discriminator(real)
-        loss_d = self.local_weight * 0.5 * (
-            F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-            + F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)))
+        patches = 0.5 * (F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+                         + F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)))
+        loss_d = losses.weighted_sum({"local": patches}, {"local": self.weights["local"]})
         self.discriminator_optim.zero_grad(set_to_none=True)
         loss_d.backward()
         distributed.average_optimizer_gradients(self.discriminator_optim)
@@ -91,12 +93,11 @@ class MosaicKD(PoolSampling):
                 "local": F.binary_cross_entropy_with_logits(patch_logits, torch.ones_like(patch_logits)),
                 "align": -(probabilities * F.log_softmax(teacher_logits, dim=1)).sum(1).mean(),
                 "adversarial": (-losses.kd_loss(self.student(fake), teacher_logits, 1.0)
-                                if self.adversarial_weight > 0 else torch.zeros((), device=self.device)),
+                                if self.weights["adversarial"] > 0 else torch.zeros((), device=self.device)),
                 # sum p(y) log2 p(y): minimising it spreads the generated classes (reference appendix).
                 "balance": losses.information_entropy_loss(teacher_logits) / torch.log(torch.tensor(2.0)),
             }
-            loss_g = (self.local_weight * terms["local"] + self.align_weight * terms["align"]
-                      + self.adversarial_weight * terms["adversarial"] + self.balance_weight * terms["balance"])
+            loss_g = losses.weighted_sum(terms, self.weights)
             self.generator_optim.zero_grad(set_to_none=True)
             loss_g.backward()
             distributed.average_optimizer_gradients(self.generator_optim)
@@ -124,10 +125,3 @@ class MosaicKD(PoolSampling):
         self.discriminator.load_state_dict(state["discriminator"])
         self.generator_optim.load_state_dict(state["generator_optimizer"])
         self.discriminator_optim.load_state_dict(state["discriminator_optimizer"])
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": "mosaickd", "local_weight": self.local_weight, "align_weight": self.align_weight,
-                "adversarial_weight": self.adversarial_weight, "balance_weight": self.balance_weight,
-                "temperature": self.temperature, "pool_fraction": self.pool_fraction,
-                "generator": self.generator_spec.to_dict(), "discriminator": self.discriminator_spec.to_dict(),
-                **self.pool_record()}

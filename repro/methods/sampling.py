@@ -35,6 +35,6 @@ class PoolSampling(DFKDMethod):
         index = torch.randint(len(self.pool_images), (count,), device=self.pool_images.device)
         return self.pool_images[index]
 
-    def pool_record(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         loaded = getattr(self, "pool_images", None)  # describe() may run before setup
-        return {"pool": self.unlabeled.describe(), **({"pool_size": len(loaded)} if loaded is not None else {})}
+        return {**super().describe(), **({"pool_size": len(loaded)} if loaded is not None else {})}

@@ -44,6 +44,7 @@ class Supervised(DFKDMethod):
 
     def __init__(self, train_data: Dataset, seed: int = 0, num_workers: int = 0,
                  label_smoothing: float = 0.0) -> None:
+        self.record_settings(locals())
         self.train_data, self.seed, self.num_workers = train_data, seed, num_workers
         self.label_smoothing = label_smoothing
         self._consumed = 0
@@ -71,6 +72,3 @@ class Supervised(DFKDMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._consumed = int(state["consumed_batches"])
         self._batches = None
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": "supervised", "label_smoothing": self.label_smoothing}
