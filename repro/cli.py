@@ -28,7 +28,6 @@ def _configured(args: argparse.Namespace, method: str | None = None, kdci: bool 
                 seed: int | None = None) -> None:
     """Parse the run's gin: with ``--params``, the files :func:`repro.pipeline.runset.gin_files` composes
     (then any ``--gin``), ``SEED = seed``, then ``--bind``; without, the ``--gin`` files alone."""
-    import repro.configurables  # noqa: F401  (every gin name must be known before parsing)
     from repro import config
 
     files, bindings = list(args.gin), list(args.bind)
@@ -58,7 +57,6 @@ def _train_teacher(args: argparse.Namespace) -> None:
 
 
 def _import_teacher(args: argparse.Namespace) -> None:
-    import repro.configurables  # noqa: F401
     from repro.registry import import_teacher
 
     import_teacher.configure_dataset(args.dataset, args.data_root)
@@ -160,7 +158,6 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> None:
-    import repro.configurables  # noqa: F401
     from repro.pipeline import ablate
 
     ablate.run_ablations(Path(args.params), Path(args.teacher), Path(args.metrics_dir), Path(args.out),
@@ -168,7 +165,6 @@ def _ablate(args: argparse.Namespace) -> None:
 
 
 def _shift_sweep(args: argparse.Namespace) -> None:
-    import repro.configurables  # noqa: F401
     from repro.pipeline import shift_sweep
 
     shift_sweep.run_sweep(Path(args.params), Path(args.teacher), Path(args.out), track=not args.no_track)
@@ -178,16 +174,14 @@ def _bench(args: argparse.Namespace) -> None:
     from repro.pipeline import bench
 
     if args.profile:  # a paper profile on random images of its dataset's shape
-        import repro.configurables  # noqa: F401
-
+    
         if args.steps <= 0 or args.synthesis_steps <= 0:
             raise UserError("--steps and --synthesis-steps must be positive integers")
         print(bench.format_profile_table(bench.bench_profile(args.profile, args.experiment, args.methods, args.steps,
                                                              args.synthesis_steps, args.bind)))
         return
     if args.params:  # every method of params.yaml, one table
-        import repro.configurables  # noqa: F401
-
+    
         print(bench.format_table(bench.bench_methods(Path(args.params), args.bind)))
         return
     _configured(args)
@@ -212,7 +206,6 @@ def _diagnose(args: argparse.Namespace) -> None:
 def _names(args: argparse.Namespace) -> None:
     import gin
 
-    import repro.configurables  # noqa: F401
     from repro import nets
 
     print("networks: " + ", ".join(nets.list_networks()))
@@ -233,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
     teacher.add_argument("--params", default=None, help="compose the gin files from params.yaml (experiment, profile, "
                          "teacher_seed) instead of --gin")
-    teacher.set_defaults(run=_train_teacher)
+    teacher.set_defaults(run=_train_teacher, gin_names=True)
 
     imported = verbs.add_parser("import-teacher", help="convert a zju-vipa CMI / Fast-Datafree pretrained teacher "
                                 "(.pth) into a teacher artefact, checked against its reported test top-1")
@@ -248,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--data-root", default=None, help="folder holding the torchvision CIFAR files (default data)")
     imported.add_argument("--metrics", default=None, help="metrics JSON to write (metrics/teacher.json lets "
                           "`repro publish --model` card it)")
-    imported.set_defaults(run=_import_teacher)
+    imported.set_defaults(run=_import_teacher, gin_names=True)
 
     distill = verbs.add_parser("distill", help="distil a student from a teacher artefact, data-free")
     _gin_args(distill)
@@ -260,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--method", default=None, help="with --params: gin/methods/<method>.gin")
     distill.add_argument("--seed", type=int, default=None, help="with --params: the student's seed (SEED)")
     distill.add_argument("--kdci", action="store_true", help="with --params: wrap the method in KDCI (gin/kdci.gin)")
-    distill.set_defaults(run=_distill)
+    distill.set_defaults(run=_distill, gin_names=True)
 
     evaluate = verbs.add_parser("evaluate", help="accuracy of an artefact on the real test split")
     _gin_args(evaluate)
@@ -271,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--from-hub", default=[], action="append", metavar="ORG/NAME[@REV]",
                           help="pull a published model (verified) and evaluate it against its card (repeatable)")
     evaluate.add_argument("--hub-dir", default="models/hub", help="where pulled models are placed")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(run=_evaluate, gin_names=True)
 
     publish = verbs.add_parser("publish", help="publish artefacts to the Hugging Face Hub (one repository per model)")
     publish.add_argument("--repo-id", required=True, metavar="ORG/NAME",
@@ -324,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--metrics-dir", default="metrics", help="where the baseline and KDCI metrics are")
     ablate.add_argument("--out", default="reports/ablations.md")
     ablate.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
-    ablate.set_defaults(run=_ablate)
+    ablate.set_defaults(run=_ablate, gin_names=True)
 
     sweep = verbs.add_parser("shift-sweep", help="sampling-based methods +- KDCI against a controlled pool shift "
                              "(when params.yaml says shift_sweep: true)")
@@ -332,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
     sweep.add_argument("--out", default="reports/shift_sweep", help="output folder")
     sweep.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
-    sweep.set_defaults(run=_shift_sweep)
+    sweep.set_defaults(run=_shift_sweep, gin_names=True)
 
     bench = verbs.add_parser("bench", help="per method: synthesis round, student step, and the same step + KDCI")
     _gin_args(bench, tracked=False)
@@ -347,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=3, help="with --profile: student steps timed per method")
     bench.add_argument("--synthesis-steps", type=int, default=2,
                        help="with --profile: optimisation steps per timed synthesis round (the full round is projected)")
-    bench.set_defaults(run=_bench)
+    bench.set_defaults(run=_bench, gin_names=True)
 
     diag = verbs.add_parser("diagnose", help="class-proportion shift and Frechet distance of substitution data")
     _gin_args(diag, tracked=False)
@@ -356,10 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folders searched for student artefacts with a substitution sample")
     diag.add_argument("--params", default=None, help="diagnose exactly the students params.yaml lists (instead of --models)")
     diag.add_argument("--out", default="reports/diagnostics", help="output folder")
-    diag.set_defaults(run=_diagnose)
+    diag.set_defaults(run=_diagnose, gin_names=True)
 
     names = verbs.add_parser("names", help="list registered networks and gin configurables")
-    names.set_defaults(run=_names)
+    names.set_defaults(run=_names, gin_names=True)
     return parser
 
 
@@ -368,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], None] = args.run
     launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
     try:
+        if getattr(args, "gin_names", False):  # verbs that parse gin: every name must be known first
+            import repro.configurables  # noqa: F401
         if launched:  # started by torchrun: join the process group first (torch imported only then)
             from repro.train import distributed
 

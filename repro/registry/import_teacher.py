@@ -46,7 +46,7 @@ DEFAULT_TOLERANCE = 2.0  # points of top-1 an import may fall short of the expec
 # --dataset -> (gin data file, the configurable whose ``root`` --data-root binds).
 DATASETS: dict[str, tuple[str, str]] = {"cifar10": ("data/cifar10.gin", "CIFAR10"),
                                          "cifar100": ("data/cifar100.gin", "CIFAR100")}
-_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+_GIN_DIR = Path(__file__).resolve().parents[2] / "gin"  # the project's gin/, beside repro/
 _DATA_PARALLEL_PREFIX = "module."
 _SHOWN = 3  # how many offending keys an error line names
 
