@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, GIN_FILE = "config.json", "model.safetensors", "operative_config.gin"
 # config.json's own keys; any other top-level key is the settings of a head (see register_head).
 RECORD_KEYS = frozenset({"format_version", "role", "architecture", "data", "dataset", "method", "seed", "files",
-                         "teacher", "imported_from"})
+                         "teacher", "imported_from", "platform"})
 
 
 class ArtefactRecord(Mapping[str, Any]):
@@ -101,6 +101,11 @@ class ArtefactRecord(Mapping[str, Any]):
     def pair(self) -> str | None:
         """``teacher->student`` for a student, None for a teacher."""
         return f"{self.teacher_network}->{self.network}" if self.teacher_network else None
+
+    @property
+    def platform(self) -> Mapping[str, Any]:
+        """The platform that computed it (CPU, instruction set, threads, library versions); {} if unrecorded."""
+        return self._record.get("platform", {})
 
     @property
     def heads(self) -> dict[str, Any]:

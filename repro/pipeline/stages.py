@@ -29,7 +29,7 @@ from repro.pipeline import diagnose
 from repro.pipeline.substitution_views import SubstitutionGrids, log_class_proportions
 from repro.tracking.runs import command_line, git_provenance, open_tracker
 from repro.train import distributed
-from repro.train.device import resolve_device, seed_everything
+from repro.train.device import platform_record, resolve_device, seed_everything
 from repro.train.engine import Trainer
 from repro.train.evaluate import accuracy, write_metrics
 from repro.train.hooks import NullTracker, Tracker
@@ -69,7 +69,8 @@ def _tracked(run_name: str, stage: str, tags: dict[str, Any], track: bool) -> It
     """One MLflow run around a stage: FAILED if the stage raises, else FINISHED with the operative
     bindings as params. The parsed config is logged first, so a run that dies still shows its input."""
     # Tags (git calls included) are only worked out when there is a run to carry them.
-    tracker = (open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()}})
+    tracker = (open_tracker(run_name, {"stage": stage, **run_tags(), **{k: str(v) for k, v in tags.items()},
+                                       **{f"platform.{k}": str(v) for k, v in platform_record().items()}})
                if track and distributed.is_main() else NullTracker())  # under torchrun: rank 0 records
     tracker.log_text(gin.config_str(), "parsed_config.gin")
     try:
@@ -131,6 +132,7 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
         metrics = {**accuracy(model, test, spec.num_classes, trainer.device), "model": str(out_dir), "role": "teacher",
                    "network": network.name, "seed": seed}
         config = {"role": "teacher", "architecture": network.to_dict(), "data": spec.to_dict(),
+                  "platform": platform_record(trainer.device),
                   "dataset": dataset.describe(), "method": method.describe(), "seed": seed}
         artefact.save_artefact(out_dir, model, config, gin.operative_config_str())
         _register(tracker, out_dir, seed)
@@ -188,6 +190,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
             return out_dir  # rank 0 writes the artefact
         described = method.describe()  # after setup: now includes what it loaded (e.g. the pool's record)
         config = {"role": "student", "architecture": student.to_dict(), "data": spec.to_dict(),
+                  "platform": platform_record(trainer.device),
                   "dataset": teacher_config.get("dataset", {}), "method": described, "seed": seed,
                   "teacher": {"path": str(teacher_dir), "architecture": teacher_config["architecture"],
                               "sha256": teacher_config.weights_sha256},

@@ -32,7 +32,7 @@ from repro import artefact, io
 from repro.data.datasets import RealDataset
 from repro.errors import UserError
 from repro.nets.spec import NetSpec
-from repro.train.device import resolve_device
+from repro.train.device import platform_record, resolve_device
 from repro.train.evaluate import accuracy, write_metrics
 
 # Teacher top-1 (%) on the test split as reported by the benchmark (zju-vipa/CMI README, "T. Scratch"
@@ -307,6 +307,7 @@ def import_teacher(source_path: Path, arch: str, out_dir: Path, expected_top1: f
                 **info, "family": mapping.family, "mapping_rules": list(mapping.rules), "key_map": key_map,
                 "measured_top1": metrics["top1"], "expected_top1": expected, "tolerance": tolerance}
     config = {"role": "teacher", "architecture": network.to_dict(), "data": spec.to_dict(),
+              "platform": platform_record(target),
               "dataset": dataset.describe(), "method": {"name": "imported", "source": "zju-vipa"},
               "imported_from": imported}
     operative = (f"# Imported by `repro import-teacher` from {source_path.name} (sha256 {digest}); "

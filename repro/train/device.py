@@ -1,8 +1,14 @@
-"""Where a run computes and how it is made repeatable: the device, the autocast dtype, the seeds."""
+"""Where a run computes and how it is made repeatable: the device, the autocast dtype, the seeds, and
+the record of the platform that decides the last bits of a CPU result."""
 
 from __future__ import annotations
 
+import functools
+import platform
 import random
+import re
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,3 +44,33 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     return torch.bfloat16
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str]:
+    """MKL and oneDNN versions as torch reports them (``torch.__config__.show()``)."""
+    shown = torch.__config__.show()
+    found = {"mkl": r"Math Kernel Library Version (\S+)", "onednn": r"MKL-DNN v(\S+)"}
+    return {name: (match.group(1) if (match := re.search(pattern, shown)) else "none") for name, pattern in found.items()}
+
+
+def platform_record(device: torch.device | None = None) -> dict[str, Any]:
+    """What decides the last bits of a result besides code, config and seed: CPU model, the instruction
+    set torch dispatches to, thread count, torch / MKL / oneDNN versions (and the GPU when one ran it).
+    The same code and seed gave a different digits teacher on another x86-64 CPU, so every artefact and
+    MLflow run names the platform that produced it."""
+    record = {"machine": platform.machine(), "cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, **_library_versions()}
+    if device is not None and device.type == "cuda":
+        record.update(gpu=torch.cuda.get_device_name(device), cuda=str(torch.version.cuda))
+    return record
