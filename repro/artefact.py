@@ -82,7 +82,13 @@ class ArtefactRecord(Mapping[str, Any]):
 
     @property
     def is_kdci(self) -> bool:
+        """Wrapped in the KDCI head (the KDCI arm or its capacity-matched control)."""
         return "kdci" in self.method
+
+    @property
+    def arm(self) -> str:
+        """'baseline', 'kdci' or 'control': the part of ``<base>+<arm>`` after the baseline's name."""
+        return self.method_name.split("+", 1)[1] if self.is_kdci and "+" in self.method_name else "baseline"
 
     @property
     def seed(self) -> int | None:

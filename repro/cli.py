@@ -25,7 +25,7 @@ def _gin_args(parser: argparse.ArgumentParser, tracked: bool = True) -> None:
 
 
 def _configured(args: argparse.Namespace, method: str | None = None, kdci: bool = False,
-                seed: int | None = None) -> None:
+                seed: int | None = None, control: bool = False) -> None:
     """Parse the run's gin: with ``--params``, the files :func:`repro.pipeline.runset.gin_files` composes
     (then any ``--gin``), ``SEED = seed``, then ``--bind``; without, the ``--gin`` files alone."""
     from repro import config
@@ -35,7 +35,7 @@ def _configured(args: argparse.Namespace, method: str | None = None, kdci: bool 
         from repro.pipeline import runset
 
         params = runset.read_params(Path(args.params))
-        files = runset.gin_files(params, method, kdci) + files
+        files = runset.gin_files(params, method, kdci, control=control) + files
         if seed is not None:
             bindings = [f"SEED = {seed}", *bindings]
     if not files:
@@ -69,10 +69,10 @@ def _import_teacher(args: argparse.Namespace) -> None:
 def _distill(args: argparse.Namespace) -> None:
     if args.params and (args.method is None or args.seed is None):
         raise UserError("--params needs --method and --seed (one cell of the run set), e.g. --method dafl --seed 0")
-    if not args.params and (args.method is not None or args.kdci):
+    if not args.params and (args.method is not None or args.kdci or args.control):
         raise UserError("--method and --kdci compose a run from params.yaml: also pass --params params.yaml "
                         "(or give the method's gin file with --gin)")
-    _configured(args, args.method, args.kdci, args.seed)
+    _configured(args, args.method, args.kdci, args.seed, args.control)
     from repro.pipeline import stages
 
     stages.distill(Path(args.teacher), Path(args.out), Path(args.checkpoint_dir), not args.no_track)
@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--method", default=None, help="with --params: gin/methods/<method>.gin")
     distill.add_argument("--seed", type=int, default=None, help="with --params: the student's seed (SEED)")
     distill.add_argument("--kdci", action="store_true", help="with --params: wrap the method in KDCI (gin/kdci.gin)")
+    distill.add_argument("--control", action="store_true", help="with --params: wrap the method in KDCI's "
+                         "capacity-matched control (gin/kdci_control.gin: the same head, an uninformative dictionary)")
     distill.set_defaults(run=_distill, gin_names=True)
 
     evaluate = verbs.add_parser("evaluate", help="accuracy of an artefact on the real test split")

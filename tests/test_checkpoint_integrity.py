@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.cli_errors import assert_one_line_error, run_main, snapshot
 from torch import nn
 
 from repro import artefact, io
 from repro.errors import UserError
 from repro.train import resume
+from support.cli_errors import assert_one_line_error, run_main, snapshot
 
 STATE = {"fingerprint": "abc", "epoch": 1, "model": {"w": torch.ones(3)}, "optimizer": {}, "scheduler": {},
          "method": {}, "rng": {}}

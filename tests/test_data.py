@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 
+from conftest import REPO
 from repro import config
 from repro.data.datasets import CIFAR10, Digits, ImageFolderDataset, RealDataset
 from repro.errors import UserError

@@ -7,8 +7,8 @@ from pathlib import Path
 import gin
 import pytest
 import torch
-from conftest import REPO
 
+from conftest import REPO
 from repro import artefact, config
 from repro.data.datasets import DataSpec
 from repro.errors import TrainingDiverged, UserError

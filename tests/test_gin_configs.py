@@ -6,8 +6,8 @@ from pathlib import Path
 
 import gin
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from repro import config
 from repro.data.datasets import RealDataset
 from repro.errors import UserError

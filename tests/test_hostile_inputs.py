@@ -20,6 +20,7 @@ from pathlib import Path
 import gin
 import pytest
 import torch
+
 from conftest import REPO
 from support.cli_errors import assert_one_line_error, run_main, snapshot
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_cli
-from support.hub_server import FakeHub
 
+from conftest import REPO, run_cli
 from repro import artefact, config, io
 from repro.errors import UserError
 from repro.pipeline import stages
 from repro.registry.card import CARD_FILE, read_card_checksums
+from support.hub_server import FakeHub
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
+
 from support.hub_server import FakeHub
 
 # The client itself uploads bytes with httpx2's deprecated `data=` (LFS PUT): not ours to fix.

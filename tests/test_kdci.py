@@ -149,7 +149,6 @@ def test_more_prototypes_than_samples_is_a_clear_error() -> None:
 
 def test_bench_measures_both_students_and_dictionary_builds() -> None:
     from conftest import REPO
-
     from repro import config
     from repro.pipeline import bench
 
@@ -184,3 +183,45 @@ def test_dictionary_file_is_byte_identical_across_saves(tmp_path: Path) -> None:
     assert (tmp_path / "b.safetensors").read_bytes() == first == (tmp_path / "c.safetensors").read_bytes()
     loaded = ConfounderDictionary.load(tmp_path / "b.safetensors", 5, 4)
     assert loaded.metadata() == dictionary.metadata() and torch.equal(loaded.prototypes, dictionary.prototypes)
+
+
+def test_intervention_off_keeps_the_head_and_uses_the_prior_expectation(teacher_dir: Path, tmp_path: Path) -> None:
+    from repro.kdci.intervention import nwgm_expectation
+
+    _, model, _ = _trained_kdci_student(teacher_dir)
+    model.eval()
+    images = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        logits, features = model.backbone(images, return_features=True)
+        count = model.prototypes.shape[0]
+        uniform = torch.full((16, count), 1.0 / count)
+        expected = model.fusion(logits, features, nwgm_expectation(uniform, model.prototypes, model.prior) * count,
+                                model.backbone.classifier)
+        model.intervention_enabled = False
+        off = model(images)
+        model.intervention_enabled = True
+        on = model(images)
+    assert torch.equal(off, expected) and not torch.equal(off, on)
+    # the prior expectation is the same vector for every sample: F(z) = sum_i P(z_i) z_i (near 0 here: the
+    # proportion-weighted mean of K-Means centroids is the mean of the centred PCA features)
+    assert torch.allclose(nwgm_expectation(uniform, model.prototypes, model.prior)[0] * count,
+                          (model.prior[:, None] * model.prototypes).sum(0), atol=1e-6)
+
+
+def test_control_has_the_same_head_and_an_uninformative_dictionary(teacher_dir: Path) -> None:
+    import gin
+
+    from repro import config
+
+    teacher, _ = artefact.load_artefact(teacher_dir)
+    counts = {}
+    for arm in ("kdci", "kdci_control"):
+        config.parse(["gin/experiments/digits.gin", "gin/methods/dafl.gin", f"gin/{arm}.gin", "gin/profiles/smoke.gin"])
+        method = gin.query_parameter("distill.method").scoped_configurable_fn()
+        model = method.setup(teacher, nets.create("digits_cnn_small"), SPEC, torch.device("cpu"))
+        counts[arm] = sum(p.numel() for p in model.parameters())
+        dictionary = method.rebuild_dictionary()
+        if arm == "kdci_control":
+            assert method.describe()["name"] == "dafl+control"
+            assert torch.allclose(dictionary.prior, torch.full_like(dictionary.prior, 1 / dictionary.prior.numel()))
+    assert counts["kdci"] == counts["kdci_control"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import gin
 import pytest
 import torch
-from conftest import REPO
 
+from conftest import REPO
 from repro import config, nets
 from repro.data.datasets import DataSpec
 from repro.methods.base import DFKDMethod

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from repro import cli
 from repro.errors import UserError
 from repro.pipeline import compare, report

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 
@@ -53,11 +54,11 @@ def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
     project, result = smoke_project
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     cells = [f"{m}-{s}" for m in ("dafl", "dfnd") for s in (0, 1)]
-    for stage in ("teacher", *[f"distill@{c}" for c in cells], *[f"kdci@{c}" for c in cells], "evaluate", "diagnose",
-                  "report", "compare", "ablate", "shift-sweep"):
+    for stage in ("teacher", *[f"{arm}@{c}" for arm in ("distill", "kdci", "control") for c in cells], "evaluate",
+                  "diagnose", "report", "compare", "ablate", "shift-sweep"):
         assert f"Running stage '{stage}'" in result.stdout
     assert "results: reports/results.md" in result.stdout
-    artefacts = ["models/teacher"] + [f"models/{family}/{method}/seed{seed}" for family in ("students", "kdci")
+    artefacts = ["models/teacher"] + [f"models/{family}/{method}/seed{seed}" for family in ("students", "kdci", "control")
                                       for method in ("dafl", "dfnd") for seed in (0, 1)]
     for artefact in artefacts:
         for name in ("config.json", "model.safetensors", "operative_config.gin"):
@@ -88,7 +89,8 @@ def test_report_is_built_from_the_metrics_files(smoke_project) -> None:
 
     assert row["method"] == "dafl" and row["seeds"] == [0, 1]
     assert row["baseline_top1"] == top1("students") and row["kdci_top1"] == top1("kdci")
-    assert row["kdci_backbone_top1"] == top1("kdci", "backbone_top1")
+    assert row["control_top1"] == top1("control")
+    assert row["kdci_intervention_off_top1"] == top1("kdci", "intervention_off_top1")
     differences = [k - b for k, b in zip(top1("kdci"), top1("students"))]
     assert row["delta"] == pytest.approx(sum(differences) / 2)
     assert row["delta_ci95"][0] <= row["delta"] <= row["delta_ci95"][1]
@@ -103,17 +105,18 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
     experiment = client.get_experiment_by_name("kdci-repro")
     every = client.search_runs([experiment.experiment_id])
     stages = sorted(run.data.tags["stage"] for run in every)
-    assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["pipeline"] + ["teacher"]
+    assert stages == ["distill"] * 12 + ["evaluate"] * 12 + ["pipeline"] + ["teacher"]
     (parent,) = [run for run in every if run.data.tags["stage"] == "pipeline"]
     runs = [run for run in every if run is not parent]
     # One `dvc repro`, one parent run: every stage process found it through the same dvc ancestor.
     assert parent.data.tags["pipeline_key"].startswith("dvc:") and parent.info.status == "FINISHED"
     assert parent.data.tags["profile"] == "smoke" and parent.info.run_name.startswith("pipeline ")
     assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in runs)
-    cells = [f"{family}@{m}-{s}" for family in ("distill", "kdci") for m in ("dafl", "dfnd") for s in (0, 1)]
-    assert sorted(run.data.tags["dvc_stage"] for run in runs) == sorted(["teacher"] + ["evaluate"] * 8 + cells)
+    cells = [f"{family}@{m}-{s}" for family in ("distill", "kdci", "control") for m in ("dafl", "dfnd") for s in (0, 1)]
+    assert sorted(run.data.tags["dvc_stage"] for run in runs) == sorted(["teacher"] + ["evaluate"] * 12 + cells)
     distill_runs = [run for run in runs if run.data.tags["stage"] == "distill"]
-    kdci_runs = [run for run in distill_runs if run.data.tags["kdci"] == "true"]
+    kdci_runs = [run for run in distill_runs if run.data.tags["dvc_stage"].startswith("kdci@")]
+    assert all(run.data.tags["kdci"] == "true" for run in kdci_runs)
     assert sorted(run.data.tags["dvc_stage"] for run in kdci_runs) == ["kdci@dafl-0", "kdci@dafl-1", "kdci@dfnd-0",
                                                                         "kdci@dfnd-1"]
     for run in kdci_runs:
@@ -210,7 +213,7 @@ def test_mlflow_server_lists_the_runs_over_rest(mlflow_server) -> None:
 
     _, runs = _pipeline_runs(mlflow_server)
     stages = sorted(_tag(run, "stage") for run in runs)
-    assert stages == ["distill"] * 8 + ["evaluate"] * 8 + ["pipeline", "teacher"]
+    assert stages == ["distill"] * 12 + ["evaluate"] * 12 + ["pipeline", "teacher"]
     with urllib.request.urlopen(mlflow_server + "/", timeout=20) as response:
         assert response.status == 200 and b"<html" in response.read().lower()
 

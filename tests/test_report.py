@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from repro import config
 from repro.pipeline import ablate, report, stages
 
@@ -24,8 +24,8 @@ def test_paired_interval_matches_hand_computation() -> None:
 
 
 def _student(family: str, teacher_dir: Path, root: Path, seed: int, *extra: str) -> dict:
-    files = [GIN / "experiments/digits.gin", GIN / "methods/dafl.gin", *([GIN / "kdci.gin"] if family == "kdci" else []),
-             GIN / "profiles/smoke.gin"]
+    wrapper = {"kdci": [GIN / "kdci.gin"], "control": [GIN / "kdci_control.gin"]}.get(family, [])
+    files = [GIN / "experiments/digits.gin", GIN / "methods/dafl.gin", *wrapper, GIN / "profiles/smoke.gin"]
     config.parse(files, [f"SEED = {seed}", *extra])
     out = stages.distill(teacher_dir, root / "models" / family / "dafl" / f"seed{seed}", root / "ck", track=False)
     config.parse([GIN / "experiments/digits.gin", GIN / "profiles/smoke.gin"])
@@ -36,13 +36,22 @@ def test_report_and_ablations_from_stage_outputs(teacher_dir: Path, tmp_path: Pa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/teacher.json").write_text(json.dumps({"top1": 99.0, "network": "digits_cnn_large"}))
-    written = {(family, seed): _student(family, teacher_dir, tmp_path, seed) for family in ("students", "kdci")
+    written = {(family, seed): _student(family, teacher_dir, tmp_path, seed) for family in ("students", "kdci", "control")
                for seed in (0, 1)}
     results = report.write_report(tmp_path / "metrics", tmp_path / "reports")
     (row,) = results["rows"]
     assert row["baseline_top1"] == [written["students", s]["top1"] for s in (0, 1)]
     assert row["kdci_top1"] == [written["kdci", s]["top1"] for s in (0, 1)]
-    assert row["kdci_backbone_top1"] == [written["kdci", s]["backbone_top1"] for s in (0, 1)]
+    assert row["control_top1"] == [written["control", s]["top1"] for s in (0, 1)]
+    assert row["kdci_intervention_off_top1"] == [written["kdci", s]["intervention_off_top1"] for s in (0, 1)]
+    assert "intervention_off_top1" in written["control", 0] and "intervention_off_top1" not in written["students", 0]
+    kdci_minus_control = [written["kdci", s]["top1"] - written["control", s]["top1"] for s in (0, 1)]
+    assert row["kdci_vs_control"] == pytest.approx(sum(kdci_minus_control) / 2)
+    assert row["kdci_vs_control_ci95"] == pytest.approx(list(report.paired_interval(kdci_minus_control)))
+    markdown = (tmp_path / "reports/results.md").read_text()
+    assert "| Δ KDCI − control |" in markdown and "capacity-matched" in markdown
+    control = json.loads((tmp_path / "models/control/dafl/seed0/config.json").read_text())
+    assert control["method"]["name"] == "dafl+control" and control["method"]["kdci"]["random_prototypes"] is True
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"experiment": "digits", "profile": "smoke", "methods": ["dafl"], "seeds": [0],

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import REPO
 
 SMALL = ["DISTILL_EPOCHS = 3", "KDCI.dictionary_samples = 256", "KDCI.num_prototypes = 4", "KDCI.pca_dim = 8",

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from conftest import REPO
-
 from repro.pipeline import shift_sweep
 
 

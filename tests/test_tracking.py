@@ -17,8 +17,8 @@ import gin
 import numpy
 import pytest
 import torch
-from conftest import REPO
 
+from conftest import REPO
 from repro import cli, config
 from repro.data.datasets import DataSpec
 from repro.pipeline import stages

@@ -34,7 +34,9 @@ class KDCI(DFKDMethod):
 
     Ablation switches (paper Sec. 4.4): ``attention='uniform'`` (random lambda),
     ``random_prototypes=True`` (randomly initialised z), ``prior='uniform'`` (P(z) removed), and
-    ``num_prototypes`` (N, tuned per baseline in the paper's Fig. 4).
+    ``num_prototypes`` (N, tuned per baseline in the paper's Fig. 4). ``name`` names the arm
+    (``kdci``; ``control`` for the capacity-matched control of ``gin/kdci_control.gin``): the method
+    record is ``<base>+<name>``.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class KDCI(DFKDMethod):
         random_prototypes: bool = False,
         whiten: bool = True,
         seed: int = 0,
+        name: str = "kdci",
     ) -> None:
         self.record_settings(locals())
         checks = [
@@ -173,8 +176,8 @@ class KDCI(DFKDMethod):
         return {**self.base.artefact_config(), "intervention": self.model.describe()}
 
     def describe(self) -> dict[str, Any]:
-        """``{"name": "<base>+kdci", "base": <the baseline's record>, "kdci": <KDCI's settings>}``."""
+        """``{"name": "<base>+<arm>", "base": <the baseline's record>, "kdci": <KDCI's settings>}``."""
         kdci = super().describe()
-        del kdci["name"]
+        arm = kdci.pop("name")
         base = kdci.pop("base")
-        return {"name": f"{base['name']}+kdci", "base": base, "kdci": kdci}
+        return {"name": f"{base['name']}+{arm}", "base": base, "kdci": kdci}

@@ -19,10 +19,14 @@ DICTIONARY_FILE = "confounder_dictionary.safetensors"
 class DeconfoundedStudent(nn.Module):
     """Wraps a classifier so its prediction is compensated by the backdoor adjustment.
 
-    ``forward(x)`` returns de-confounded logits [B, K] once a dictionary is set (before that, and
-    with ``intervention_enabled = False``, the backbone's own logits). The dictionary lives in
-    non-persistent buffers: ``state_dict()`` holds the weights only, the dictionary travels in its
-    own file (``confounder_dictionary.safetensors``).
+    ``forward(x)`` returns de-confounded logits [B, K] once a dictionary is set (before that, the
+    backbone's own logits). ``intervention_enabled = False`` switches the intervention off *inside the
+    same head*: F(z) is replaced by its prior expectation (uniform lambda, so F(z) = E_P(z)[z] for every
+    sample) and still goes through the trained fusion; what changes is only the sample-specific use of
+    the confounders. (Bypassing the fusion would remove trained weights too: with feature fusion the
+    classifier was trained on ``W_h h + W_z F(z)``.) The dictionary lives in non-persistent buffers:
+    ``state_dict()`` holds the weights only, the dictionary travels in its own file
+    (``confounder_dictionary.safetensors``).
     """
 
     def __init__(self, backbone: nn.Module, num_prototypes: int, prototype_dim: int, attention: str = "additive",
@@ -63,9 +67,12 @@ class DeconfoundedStudent(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """[B, C, H, W] -> logits [B, K] (or (logits, backbone features [B, Ds]))."""
         logits, features = self.backbone(x, return_features=True)
-        if self.active:
-            weights = self.attention(features, self.prototypes)  # [B, N]
-            self.last_attention = weights.detach()
+        if self.dictionary is not None:
+            if self.intervention_enabled:
+                weights = self.attention(features, self.prototypes)  # [B, N]
+                self.last_attention = weights.detach()
+            else:  # intervention off: lambda_i = 1/N, F(z) at its prior expectation for every sample
+                weights = features.new_full((features.shape[0], self.prototypes.shape[0]), 1.0 / self.prototypes.shape[0])
             expectation = nwgm_expectation(weights, self.prototypes, self.prior)  # [B, d]
             # F(z) sums N terms weighted by P(z_i) ~ 1/N, so it is ~1/N the size of a prototype; the
             # constant N restores the prototypes' scale. A learned linear map follows, so the factor

@@ -22,9 +22,6 @@ def distill_and_evaluate(params: Mapping[str, Any], method: str, seed: int, *, t
 
 
 def evaluate_run_set(params: Mapping[str, Any], track: bool = True) -> list[dict]:
-    """Evaluate the baseline and the KDCI student of every (method, seed) of ``params`` (gin parsed)."""
-    measured = []
-    for run in runset.runs(params):
-        for model_dir, metrics_path in ((run.baseline_dir, run.baseline_metrics), (run.kdci_dir, run.kdci_metrics)):
-            measured.append(stages.evaluate(model_dir, metrics_path, track))
-    return measured
+    """Evaluate the baseline, KDCI and control students of every (method, seed) of ``params`` (gin parsed)."""
+    return [stages.evaluate(model_dir, metrics_path, track) for run in runset.runs(params)
+            for model_dir, metrics_path in run.arms()]

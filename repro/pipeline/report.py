@@ -1,9 +1,15 @@
 """The paper-style results table, built only from the metrics JSON files the pipeline wrote.
 
-Per baseline: top-1 of the baseline student and of the KDCI student for each seed, their mean and
-std, the KDCI student's backbone-only top-1 (intervention off), and the delta with a 95% confidence
-interval of the *paired* per-seed differences (both students of a seed share teacher, generator
-initialisation and data order as far as the method allows).
+Per baseline and seed, three students share teacher, generator initialisation and data order as far
+as the method allows: the baseline, the baseline wrapped in KDCI, and KDCI's capacity-matched control
+(the same head, a dictionary that carries no information about the confounder). The KDCI student is
+also scored with its intervention off (the same head, F(z) at its prior expectation). Means and stds
+over seeds, and paired per-seed deltas with 95% confidence intervals:
+
+- KDCI - baseline: everything KDCI changes (head, dictionary, intervention);
+- KDCI - control: what the confounder dictionary adds beyond the larger head;
+- KDCI - intervention off: what the sample-specific intervention adds at test time, the trained
+  student otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from typing import Any
 
 from repro.errors import UserError
 
-FAMILIES = ("students", "kdci")
+FAMILIES = ("students", "kdci", "control")  # the metrics folders of the three arms
+# (arm, its metrics folder, the key of its top-1 in that folder's files)
+ARMS = (("baseline", "students", "top1"), ("kdci", "kdci", "top1"), ("control", "control", "top1"),
+        ("kdci_intervention_off", "kdci", "intervention_off_top1"))
+# (name in results.json, minuend arm, subtrahend arm): paired per-seed differences
+DELTAS = (("delta", "kdci", "baseline"), ("control_delta", "control", "baseline"),
+          ("kdci_vs_control", "kdci", "control"), ("intervention_delta", "kdci", "kdci_intervention_off"))
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -52,7 +64,7 @@ def _teacher_dataset(teacher: dict[str, Any]) -> str | None:
 
 
 def collect(metrics_dir: Path) -> dict[str, Any]:
-    """Teacher top-1 and one row per baseline, from ``metrics/{teacher.json,students/,kdci/}``."""
+    """Teacher top-1 and one row per baseline, from ``metrics/{teacher.json,students/,kdci/,control/}``."""
     teacher_path = metrics_dir / "teacher.json"
     if not teacher_path.exists():
         raise UserError(f"{teacher_path} not found: run the teacher and evaluate stages first (`dvc repro`)")
@@ -64,37 +76,24 @@ def collect(metrics_dir: Path) -> dict[str, Any]:
             table.setdefault(method, {f: {} for f in FAMILIES})[family][int(seed)] = _load(path)
     rows = []
     for method, families in sorted(table.items()):
-        baseline, kdci = families["students"], families["kdci"]
-        seeds = sorted(set(baseline) | set(kdci))
-        paired = [seed for seed in seeds if seed in baseline and seed in kdci]
-        base_top1 = [float(baseline[s]["top1"]) for s in seeds if s in baseline]
-        kdci_top1 = [float(kdci[s]["top1"]) for s in seeds if s in kdci]
-        backbone_top1 = [float(kdci[s]["backbone_top1"]) for s in seeds if s in kdci and "backbone_top1" in kdci[s]]
-        differences = [float(kdci[s]["top1"]) - float(baseline[s]["top1"]) for s in paired]
-        backbone_differences = [float(kdci[s]["backbone_top1"]) - float(baseline[s]["top1"]) for s in paired
-                                if "backbone_top1" in kdci[s]]
-        (base_mean, base_std), (kdci_mean, kdci_std) = _mean_std(base_top1), _mean_std(kdci_top1)
-        backbone_mean, backbone_std = _mean_std(backbone_top1)
-        interval = paired_interval(differences)
-        backbone_interval = paired_interval(backbone_differences)
-        rows.append({
-            "method": method,
-            "seeds": seeds,
-            "baseline_top1": base_top1,
-            "kdci_top1": kdci_top1,
-            "kdci_backbone_top1": backbone_top1,
-            "baseline_mean": base_mean, "baseline_std": base_std,
-            "kdci_mean": kdci_mean, "kdci_std": kdci_std,
-            "kdci_backbone_mean": backbone_mean, "kdci_backbone_std": backbone_std,
-            "paired_seeds": paired,
-            "per_seed": [{"seed": s, "baseline": baseline.get(s, {}).get("top1"), "kdci": kdci.get(s, {}).get("top1"),
-                          "kdci_backbone": kdci.get(s, {}).get("backbone_top1")} for s in seeds],
-            "paired_differences": differences,
-            "delta": statistics.fmean(differences) if differences else None,
-            "delta_ci95": list(interval) if interval else None,
-            "backbone_delta": statistics.fmean(backbone_differences) if backbone_differences else None,
-            "backbone_delta_ci95": list(backbone_interval) if backbone_interval else None,
-        })
+        seeds = sorted(set().union(*(set(runs) for runs in families.values())))
+        # {arm: {seed: top-1}} for the seeds whose file has that arm's number
+        values = {arm: {s: float(families[folder][s][key]) for s in seeds
+                        if s in families[folder] and key in families[folder][s]} for arm, folder, key in ARMS}
+        row: dict[str, Any] = {"method": method, "seeds": seeds}
+        for arm, by_seed in values.items():
+            row[f"{arm}_top1"] = [by_seed[s] for s in seeds if s in by_seed]
+            row[f"{arm}_mean"], row[f"{arm}_std"] = _mean_std(row[f"{arm}_top1"])
+        row["per_seed"] = [{"seed": s, **{arm: by_seed.get(s) for arm, by_seed in values.items()}} for s in seeds]
+        for name, first, second in DELTAS:
+            paired = [s for s in seeds if s in values[first] and s in values[second]]
+            differences = [values[first][s] - values[second][s] for s in paired]
+            interval = paired_interval(differences)
+            row[name] = statistics.fmean(differences) if differences else None
+            row[f"{name}_ci95"] = list(interval) if interval else None
+            if name == "delta":  # KDCI vs baseline: the pairs `repro compare` and the cards read
+                row["paired_seeds"], row["paired_differences"] = paired, differences
+        rows.append(row)
     # Dataset and pair let `repro compare` put these rows beside the published cell of the same experiment.
     students = {m.get("network") for families in table.values() for runs in families.values() for m in runs.values()}
     return {"teacher_top1": float(teacher["top1"]), "teacher_network": teacher.get("network"), "rows": rows,
@@ -113,35 +112,48 @@ def _delta(delta: float | None, interval: list[float] | None) -> str:
 
 def render_markdown(results: dict[str, Any]) -> str:
     lines = [
-        "# Results: baseline vs +KDCI",
+        "# Results: baseline vs +KDCI vs its capacity-matched control",
         "",
         f"Teacher ({results['teacher_network']}): top-1 **{results['teacher_top1']:.2f}%** on the test split.",
         "",
-        "Top-1 (%) on the test split, mean ± std over seeds. Δ = KDCI − baseline in points, mean of the paired "
-        "per-seed differences with its 95% confidence interval (Student t). *KDCI backbone* is the KDCI student "
-        "with its intervention switched off (backbone logits only).",
+        "Top-1 (%) on the test split, mean ± std over seeds. Each Δ is the mean of paired per-seed differences in "
+        "points with its 95% confidence interval (Student t); the students of a seed share teacher, generator "
+        "initialisation and data order. What each column isolates:",
         "",
-        "| baseline | seeds | baseline | +KDCI | Δ [95% CI] | KDCI backbone | Δ backbone [95% CI] |",
-        "|---|---|---|---|---|---|---|",
+        "- **Δ KDCI − baseline**: everything KDCI changes (a larger head, the confounder dictionary, the intervention).",
+        "- **control**: the same head and parameter count trained the same way, with a dictionary that carries no "
+        "information about the confounder (random prototypes, uniform prior; `gin/kdci_control.gin`). "
+        "**Δ KDCI − control** is what the confounder dictionary adds beyond the larger head.",
+        "- **KDCI, intervention off**: the trained KDCI student with F(z) replaced by its prior expectation "
+        "(uniform attention) inside the same head. **Δ KDCI − off** is what the sample-specific intervention "
+        "adds at test time.",
+        "",
+        "| baseline | seeds | baseline | +KDCI | Δ KDCI − baseline | control | Δ KDCI − control | "
+        "KDCI, intervention off | Δ KDCI − off |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         lines.append(
             f"| {row['method']} | {len(row['seeds'])} | {_fmt(row['baseline_mean'], row['baseline_std'])} | "
             f"{_fmt(row['kdci_mean'], row['kdci_std'])} | {_delta(row['delta'], row['delta_ci95'])} | "
-            f"{_fmt(row['kdci_backbone_mean'], row['kdci_backbone_std'])} | "
-            f"{_delta(row['backbone_delta'], row['backbone_delta_ci95'])} |")
-    lines += ["", "## Per seed", "", "| baseline | seed | baseline | +KDCI | KDCI backbone |", "|---|---|---|---|---|"]
+            f"{_fmt(row['control_mean'], row['control_std'])} | "
+            f"{_delta(row['kdci_vs_control'], row['kdci_vs_control_ci95'])} | "
+            f"{_fmt(row['kdci_intervention_off_mean'], row['kdci_intervention_off_std'])} | "
+            f"{_delta(row['intervention_delta'], row['intervention_delta_ci95'])} |")
+    arms = ("baseline", "kdci", "control", "kdci_intervention_off")
+    lines += ["", "## Per seed", "", "| baseline | seed | baseline | +KDCI | control | KDCI, intervention off |",
+              "|---|---|---|---|---|---|"]
     for row in results["rows"]:
         for record in row["per_seed"]:
-            cells = ["—" if record[key] is None else f"{record[key]:.2f}" for key in ("baseline", "kdci", "kdci_backbone")]
+            cells = ["—" if record[arm] is None else f"{record[arm]:.2f}" for arm in arms]
             lines.append(f"| {row['method']} | {record['seed']} | " + " | ".join(cells) + " |")
-    lines += ["", "Built by `repro report` from `metrics/{teacher.json,students/,kdci/}`; final-epoch students "
-              "(no best-epoch selection on test data).", ""]
+    lines += ["", "Built by `repro report` from `metrics/{teacher.json,students/,kdci/,control/}`; final-epoch "
+              "students (no best-epoch selection on test data).", ""]
     return "\n".join(lines)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Grouped bars: baseline vs +KDCI (mean ± std) per baseline method, teacher as a line."""
+    """Grouped bars: baseline, +KDCI and control (mean ± std) per baseline method, teacher as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,14 +161,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     rows = results["rows"]
     figure, axis = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 2), 3.2))
-    width = 0.38
-    for offset, (key, label) in enumerate((("baseline", "baseline"), ("kdci", "+KDCI"))):
+    width = 0.27
+    for offset, (key, label) in enumerate((("baseline", "baseline"), ("kdci", "+KDCI"), ("control", "control"))):
         means = [row[f"{key}_mean"] or 0.0 for row in rows]
         stds = [row[f"{key}_std"] or 0.0 for row in rows]
-        axis.bar([i + (offset - 0.5) * width for i in range(len(rows))], means, width, yerr=stds, capsize=3, label=label)
+        axis.bar([i + (offset - 1) * width for i in range(len(rows))], means, width, yerr=stds, capsize=3, label=label)
     axis.axhline(results["teacher_top1"], color="black", linestyle="--", linewidth=1, label="teacher")
     axis.set_xticks(range(len(rows)), [row["method"] for row in rows])
-    values = [v for row in rows for v in row["baseline_top1"] + row["kdci_top1"]]
+    values = [v for row in rows for v in row["baseline_top1"] + row["kdci_top1"] + row["control_top1"]]
     if values:
         axis.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values + [results["teacher_top1"]]) + 2))
     axis.set_ylabel("test top-1 (%)")

@@ -22,7 +22,7 @@ REQUIRED = ("experiment", "profile", "methods", "seeds")
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One (method, seed) cell: its baseline and KDCI artefacts and metrics files."""
+    """One (method, seed) cell: its baseline, KDCI and control artefacts and metrics files."""
 
     method: str
     seed: int
@@ -30,6 +30,13 @@ class Run:
     kdci_dir: Path
     baseline_metrics: Path
     kdci_metrics: Path
+    control_dir: Path
+    control_metrics: Path
+
+    def arms(self) -> list[tuple[Path, Path]]:
+        """``(artefact, metrics file)`` of each arm: baseline, KDCI, control."""
+        return [(self.baseline_dir, self.baseline_metrics), (self.kdci_dir, self.kdci_metrics),
+                (self.control_dir, self.control_metrics)]
 
 
 def _available(folder: Path) -> str:
@@ -81,7 +88,8 @@ def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
 def run_for(method: str, seed: int, models: Path = Path("models"), metrics: Path = Path("metrics")) -> Run:
     """Where the pipeline keeps the artefacts and metrics of one (method, seed) cell."""
     return Run(method, int(seed), models / "students" / method / f"seed{seed}", models / "kdci" / method / f"seed{seed}",
-               metrics / "students" / f"{method}-seed{seed}.json", metrics / "kdci" / f"{method}-seed{seed}.json")
+               metrics / "students" / f"{method}-seed{seed}.json", metrics / "kdci" / f"{method}-seed{seed}.json",
+               models / "control" / method / f"seed{seed}", metrics / "control" / f"{method}-seed{seed}.json")
 
 
 def runs(params: dict[str, Any], models: Path = Path("models"), metrics: Path = Path("metrics")) -> Iterator[Run]:
@@ -91,15 +99,17 @@ def runs(params: dict[str, Any], models: Path = Path("models"), metrics: Path = 
 
 
 def gin_files(params: Mapping[str, Any], method: str | None = None, kdci: bool = False,
-              extras: Sequence[str] = (), gin_root: Path = Path("gin")) -> list[Path]:
+              extras: Sequence[str] = (), gin_root: Path = Path("gin"), control: bool = False) -> list[Path]:
     """The gin files of one run, in the order that gives each its say: the experiment (dataset and
-    pair), the method, KDCI around it, the profile's run sizes (which override both), then
-    ``extras`` (e.g. ``"ablations"`` for ``gin/ablations.gin``). Without a method: what the teacher
-    and the evaluation of any student need."""
+    pair), the method, KDCI around it (``control``: KDCI's capacity-matched control, which includes
+    ``kdci.gin``), the profile's run sizes (which override both), then ``extras`` (e.g. ``"ablations"``
+    for ``gin/ablations.gin``). Without a method: what the teacher and the evaluation of any student need."""
     files = [gin_root / "experiments" / f"{params['experiment']}.gin"]
     if method is not None:
         files.append(gin_root / "methods" / f"{method}.gin")
-    if kdci:
+    if control:
+        files.append(gin_root / "kdci_control.gin")
+    elif kdci:
         files.append(gin_root / "kdci.gin")
     files.append(gin_root / "profiles" / f"{params['profile']}.gin")
     return files + [gin_root / f"{extra}.gin" for extra in extras]

@@ -71,8 +71,9 @@ def _results_table(config: ArtefactRecord, metrics: dict[str, Any], results: dic
                    paired: dict[str, float]) -> list[str]:
     lines = ["## Results", "", f"Top-1 / top-5 of this model on the {config['data']['name']} test split "
              f"({metrics.get('samples', 'all')} images): **{metrics['top1']:.2f}% / {metrics['top5']:.2f}%**."]
-    if "backbone_top1" in metrics:
-        lines.append(f"With the intervention switched off (backbone only): {metrics['backbone_top1']:.2f}%.")
+    if "intervention_off_top1" in metrics:
+        lines.append(f"With the intervention switched off (the same head, F(z) at its prior expectation): "
+                     f"{metrics['intervention_off_top1']:.2f}%.")
     if config.role != "student":
         return lines + [""]
     base = config.base_method

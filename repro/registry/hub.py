@@ -128,7 +128,7 @@ def _metrics_of(model_dir: Path, config: artefact.ArtefactRecord, metrics_dir: P
         path = metrics_dir / "teacher.json"
     else:
         cell = _cell(config, metrics_dir)
-        path = cell.kdci_metrics if config.is_kdci else cell.baseline_metrics
+        path = {"kdci": cell.kdci_metrics, "control": cell.control_metrics}.get(config.arm, cell.baseline_metrics)
     if not path.exists():
         raise UserError(f"{path} is missing: evaluate {model_dir} first (`dvc repro evaluate`), the card's "
                         "numbers come from it")

@@ -30,7 +30,7 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")
 # Tags shown on their own lines, not again under "tags".
 _SHOWN = {"stage", "dvc_stage", "command", "git_commit", "git_dirty", "weights_sha256", "teacher_weights_sha256",
           tracking.PIPELINE_KEY_TAG}
-_CHECKED_METRICS = ("top1", "top5", "backbone_top1")  # metrics JSON keys the run logs as test/<key>
+_CHECKED_METRICS = ("top1", "top5", "intervention_off_top1")  # metrics JSON keys the run logs as test/<key>
 
 
 def _path_forms(path: Path) -> list[str]:

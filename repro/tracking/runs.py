@@ -267,7 +267,8 @@ def registered_name(record: ArtefactRecord) -> str:
     data = record["data"]["name"]
     if record.role != "student":
         return f"{data}-{record.network}-teacher"
-    return f"{data}-{record.teacher_network}-{record.network}-{record.base_method}" + ("-kdci" if record.is_kdci else "")
+    arm = "" if record.arm == "baseline" else f"-{record.arm}"
+    return f"{data}-{record.teacher_network}-{record.network}-{record.base_method}{arm}"
 
 
 def _client():
