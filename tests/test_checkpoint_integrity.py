@@ -250,3 +250,18 @@ def test_a_kill_between_the_two_renames_points_to_the_previous_artefact(tmp_path
     out.rename(tmp_path / ".teacher.previous")  # the state between `out -> .previous` and `.partial -> out`
     with pytest.raises(UserError, match=re.escape(f"the previous version is in {tmp_path / '.teacher.previous'}")):
         artefact.read_config(out)
+
+
+def test_json_write_is_whole_or_nothing(tmp_path: Path, monkeypatch) -> None:
+    """io.write_json_atomically: sorted JSON; a failed write keeps the previous file and says so in one line."""
+    path = tmp_path / "metrics" / "m.json"
+    io.write_json_atomically(path, {"b": 1, "a": 2.5})
+    assert path.read_text() == '{\n  "a": 2.5,\n  "b": 1\n}\n'
+
+    def full_disk(target: Path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io, "_open_for_writing", full_disk)
+    with pytest.raises(UserError, match="no space left on device while writing .*m.json.*the previous file is kept"):
+        io.write_json_atomically(path, {"a": 3})
+    assert path.read_text() == '{\n  "a": 2.5,\n  "b": 1\n}\n' and not list(path.parent.glob("*.partial"))
