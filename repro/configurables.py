@@ -19,5 +19,4 @@ from repro.data import datasets, pools  # noqa: E402,F401
 from repro.kdci import method as kdci_method  # noqa: E402,F401
 from repro.nets import spec  # noqa: E402,F401
 from repro.pipeline import ablate, bench, diagnose, shift_sweep, stages  # noqa: E402,F401
-from repro.registry import import_teacher  # noqa: E402,F401
 from repro.train import engine  # noqa: E402,F401
