@@ -77,7 +77,7 @@ class MosaicKD(PoolSampling):
         fake_logits, real_logits = self.discriminator(fake.detach()), self.discriminator(real)
         patches = 0.5 * (F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
                          + F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)))
-        loss_d = losses.weighted_sum({"local": patches}, {"local": self.weights["local"]})
+        loss_d = self.weights["local"] * patches
         self.discriminator_optim.zero_grad(set_to_none=True)
         loss_d.backward()
         distributed.average_optimizer_gradients(self.discriminator_optim)
