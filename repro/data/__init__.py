@@ -1,0 +1,1 @@
+"""Datasets (DataSpec, real splits) and the unlabeled pools the sampling-based methods draw from."""

@@ -1,0 +1,1 @@
+"""What DVC runs: the stages, the run set, reports, comparisons, diagnostics, ablations, sweeps, bench."""

@@ -1,0 +1,1 @@
+"""Training: the Trainer, resume state, the tracker protocol, devices, torchrun, optimisers, accuracy."""
