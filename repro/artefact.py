@@ -104,6 +104,12 @@ class ArtefactRecord(Mapping[str, Any]):
         return teacher["architecture"]["name"] if teacher else None
 
     @property
+    def teacher_seed(self) -> int | None:
+        """The seed of the teacher a student learnt from (None for a teacher, or a student of an imported one)."""
+        teacher = self._record.get("teacher")
+        return teacher.get("seed") if teacher else None
+
+    @property
     def pair(self) -> str | None:
         """``teacher->student`` for a student, None for a teacher."""
         return f"{self.teacher_network}->{self.network}" if self.teacher_network else None

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from repro import reproducible
 from repro.errors import UserError
 
 
@@ -24,10 +25,10 @@ def _gin_args(parser: argparse.ArgumentParser, tracked: bool = True) -> None:
         parser.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
 
 
-def _configured(args: argparse.Namespace, method: str | None = None, kdci: bool = False,
-                seed: int | None = None, control: bool = False) -> None:
-    """Parse the run's gin: with ``--params``, the files :func:`repro.pipeline.runset.gin_files` composes
-    (then any ``--gin``), ``SEED = seed``, then ``--bind``; without, the ``--gin`` files alone."""
+def _configured(args: argparse.Namespace) -> None:
+    """Parse the verb's gin: with ``--params``, the experiment and profile files
+    :func:`repro.pipeline.runset.gin_files` composes (then any ``--gin``), then ``--bind``; without, the
+    ``--gin`` files alone. (Training verbs with ``--params`` parse once per run: repro/pipeline/cells.py.)"""
     from repro import config
 
     files, bindings = list(args.gin), list(args.bind)
@@ -35,9 +36,7 @@ def _configured(args: argparse.Namespace, method: str | None = None, kdci: bool 
         from repro.pipeline import runset
 
         params = runset.read_params(Path(args.params))
-        files = runset.gin_files(params, method, kdci, control=control) + files
-        if seed is not None:
-            bindings = [f"SEED = {seed}", *bindings]
+        files = runset.gin_files(params) + files
     if not files:
         raise UserError("no --gin file given: pass --params params.yaml or at least an experiment, e.g. "
                         "--gin gin/experiments/digits.gin")
@@ -45,12 +44,19 @@ def _configured(args: argparse.Namespace, method: str | None = None, kdci: bool 
 
 
 def _train_teacher(args: argparse.Namespace) -> None:
-    seed = None
-    if args.params:
-        from repro.pipeline import runset
+    if args.params:  # every teacher params.yaml lists (teacher_seeds), in this process
+        if args.out or args.metrics:
+            raise UserError("--params writes models/teachers/seed<T> and metrics/teachers/seed<T>.json: "
+                            "drop --out/--metrics, or drop --params and give --gin files")
+        from repro.pipeline import cells, runset
 
-        seed = runset.read_params(Path(args.params)).get("teacher_seed", 0)
-    _configured(args, seed=seed)
+        params = runset.read_params(Path(args.params))
+        cells.train_teachers(params, teacher_seed=args.teacher_seed, extra_files=[Path(f) for f in args.gin],
+                             bindings=args.bind, checkpoint_root=Path(args.checkpoint_dir), track=not args.no_track)
+        return
+    if not args.out or not args.metrics:
+        raise UserError("train-teacher needs --out DIR and --metrics FILE (or --params params.yaml)")
+    _configured(args)
     from repro.pipeline import stages
 
     stages.train_teacher(Path(args.out), Path(args.metrics), Path(args.checkpoint_dir), not args.no_track)
@@ -67,15 +73,28 @@ def _import_teacher(args: argparse.Namespace) -> None:
 
 
 def _distill(args: argparse.Namespace) -> None:
-    if args.params and (args.method is None or args.seed is None):
-        raise UserError("--params needs --method and --seed (one cell of the run set), e.g. --method dafl --seed 0")
-    if not args.params and (args.method is not None or args.kdci or args.control):
-        raise UserError("--method and --kdci compose a run from params.yaml: also pass --params params.yaml "
-                        "(or give the method's gin file with --gin)")
-    _configured(args, args.method, args.kdci, args.seed, args.control)
-    from repro.pipeline import stages
+    if not args.params:
+        if args.method is not None or args.kdci or args.control or args.seed is not None or args.teacher_seed is not None:
+            raise UserError("--method/--seed/--kdci compose runs from params.yaml: also pass --params params.yaml "
+                            "(or give the method's gin file with --gin)")
+        if not args.teacher or not args.out:
+            raise UserError("distill needs --teacher DIR and --out DIR (or --params params.yaml --method M)")
+        _configured(args)
+        from repro.pipeline import stages
 
-    stages.distill(Path(args.teacher), Path(args.out), Path(args.checkpoint_dir), not args.no_track)
+        stages.distill(Path(args.teacher), Path(args.out), Path(args.checkpoint_dir), not args.no_track)
+        return
+    if args.method is None:
+        raise UserError("--params needs --method (its cells: every teacher seed x seed of params.yaml), e.g. --method dafl")
+    if args.teacher or args.out:
+        raise UserError("--params places the students under models/<arm>/<method>/teacher<T>-seed<S>: "
+                        "drop --teacher/--out, or drop --params and give --gin files")
+    from repro.pipeline import cells, runset
+
+    params = runset.read_params(Path(args.params))
+    cells.distill_cells(params, args.method, kdci=args.kdci, control=args.control, teacher_seed=args.teacher_seed,
+                        seed=args.seed, extra_files=[Path(f) for f in args.gin], bindings=args.bind,
+                        checkpoint_root=Path(args.checkpoint_dir), track=not args.no_track)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -109,13 +128,15 @@ def _publish(args: argparse.Namespace) -> None:
     if args.model:
         targets = [(Path(args.model), args.repo_id)]
     else:
-        from repro.pipeline.runset import read_params, runs
+        from repro.pipeline.runset import read_params, runs, teacher_dir
 
         hub.split_reference(args.repo_id)
-        targets = [(Path("models/teacher"), f"{args.repo_id}-teacher")]
-        for run in runs(read_params(Path(args.params))):
-            targets += [(run.baseline_dir, f"{args.repo_id}-{run.method}-seed{run.seed}"),
-                        (run.kdci_dir, f"{args.repo_id}-{run.method}-kdci-seed{run.seed}")]
+        params = read_params(Path(args.params))
+        targets = [(teacher_dir(t), f"{args.repo_id}-teacher{t}") for t in params["teacher_seeds"]]
+        for run in runs(params):
+            cell = f"teacher{run.teacher_seed}-seed{run.seed}"
+            targets += [(run.baseline_dir, f"{args.repo_id}-{run.method}-{cell}"),
+                        (run.kdci_dir, f"{args.repo_id}-{run.method}-kdci-{cell}")]
     for model_dir, repo_id in targets:
         out = Path(args.out) / repo_id.replace("/", "--")
         published = hub.publish(model_dir, repo_id, revision=args.revision, private=args.private,
@@ -160,14 +181,14 @@ def _compare(args: argparse.Namespace) -> None:
 def _ablate(args: argparse.Namespace) -> None:
     from repro.pipeline import ablate
 
-    ablate.run_ablations(Path(args.params), Path(args.teacher), Path(args.metrics_dir), Path(args.out),
+    ablate.run_ablations(Path(args.params), Path(args.teacher) if args.teacher else None, Path(args.metrics_dir), Path(args.out),
                          track=not args.no_track)
 
 
 def _shift_sweep(args: argparse.Namespace) -> None:
     from repro.pipeline import shift_sweep
 
-    shift_sweep.run_sweep(Path(args.params), Path(args.teacher), Path(args.out), track=not args.no_track)
+    shift_sweep.run_sweep(Path(args.params), Path(args.teacher) if args.teacher else None, Path(args.out), track=not args.no_track)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -200,7 +221,16 @@ def _diagnose(args: argparse.Namespace) -> None:
         models = sorted({path.parent for root in args.models for path in Path(root).rglob(diagnose.SAMPLE_FILE)})
     if not models:
         raise UserError(f"no {diagnose.SAMPLE_FILE} under {', '.join(args.models)}: run the distillation stages first")
-    diagnose.diagnose(Path(args.teacher), models, Path(args.out))
+    diagnose.diagnose(models, Path(args.out), Path(args.teacher) if args.teacher else None)
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from repro.pipeline import verify
+
+    report = verify.verify(Path(args.metrics_dir), Path(args.results), Path(args.out))
+    print(verify.summary(report, Path(args.out)))
+    if args.strict and report["counts"]["identical"] != len(report["cells"]):
+        raise SystemExit(1)
 
 
 def _names(args: argparse.Namespace) -> None:
@@ -221,11 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     teacher = verbs.add_parser("train-teacher", help="train the teacher on the real training split")
     _gin_args(teacher)
-    teacher.add_argument("--out", required=True, help="artefact folder to write (Hub layout)")
-    teacher.add_argument("--metrics", required=True, help="metrics JSON to write")
+    teacher.add_argument("--out", default=None, help="artefact folder to write (Hub layout; without --params)")
+    teacher.add_argument("--metrics", default=None, help="metrics JSON to write (without --params)")
     teacher.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
-    teacher.add_argument("--params", default=None, help="compose the gin files from params.yaml (experiment, profile, "
-                         "teacher_seed) instead of --gin")
+    teacher.add_argument("--params", default=None, help="train every teacher params.yaml lists (experiment, profile, "
+                         "teacher_seeds) into models/teachers/seed<T>, instead of --gin/--out/--metrics")
+    teacher.add_argument("--teacher-seed", type=int, default=None, help="with --params: only this teacher seed")
     teacher.set_defaults(run=_train_teacher, gin_names=True)
 
     imported = verbs.add_parser("import-teacher", help="convert a zju-vipa CMI / Fast-Datafree pretrained teacher "
@@ -239,19 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--tolerance", type=float, default=None,
                           help="points below the expected top-1 still accepted (default 2.0)")
     imported.add_argument("--data-root", default=None, help="folder holding the torchvision CIFAR files (default data)")
-    imported.add_argument("--metrics", default=None, help="metrics JSON to write (metrics/teacher.json lets "
+    imported.add_argument("--metrics", default=None, help="metrics JSON to write (metrics/teachers/seed0.json lets "
                           "`repro publish --model` card it)")
     imported.set_defaults(run=_import_teacher, gin_names=True)
 
     distill = verbs.add_parser("distill", help="distil a student from a teacher artefact, data-free")
     _gin_args(distill)
-    distill.add_argument("--teacher", required=True, help="teacher artefact folder")
-    distill.add_argument("--out", required=True, help="student artefact folder to write")
+    distill.add_argument("--teacher", default=None, help="teacher artefact folder (without --params)")
+    distill.add_argument("--out", default=None, help="student artefact folder to write (without --params)")
     distill.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
-    distill.add_argument("--params", default=None, help="compose the gin files of one cell from params.yaml "
-                         "(experiment, profile) with --method, --seed and --kdci, instead of --gin")
+    distill.add_argument("--params", default=None, help="distil every cell of --method params.yaml lists (each "
+                         "teacher seed x seed) into models/<arm>/<method>/teacher<T>-seed<S>, in this process")
     distill.add_argument("--method", default=None, help="with --params: gin/methods/<method>.gin")
-    distill.add_argument("--seed", type=int, default=None, help="with --params: the student's seed (SEED)")
+    distill.add_argument("--teacher-seed", type=int, default=None, help="with --params: only this teacher seed")
+    distill.add_argument("--seed", type=int, default=None, help="with --params: only this student seed (SEED)")
     distill.add_argument("--kdci", action="store_true", help="with --params: wrap the method in KDCI (gin/kdci.gin)")
     distill.add_argument("--control", action="store_true", help="with --params: wrap the method in KDCI's "
                          "capacity-matched control (gin/kdci_control.gin: the same head, an uninformative dictionary)")
@@ -261,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     _gin_args(evaluate)
     evaluate.add_argument("--model", default=[], action="append", help="artefact folder (repeatable)")
     evaluate.add_argument("--metrics", default=[], action="append", help="metrics JSON to write, one per --model")
-    evaluate.add_argument("--params", default=None, help="evaluate every student params.yaml lists "
-                          "(models/{students,kdci}/<method>/seed<s> -> metrics/{students,kdci}/<method>-seed<s>.json)")
+    evaluate.add_argument("--params", default=None, help="evaluate every student params.yaml lists (models/{students,"
+                          "kdci,control}/<method>/teacher<T>-seed<S> -> metrics/<arm>/<method>-teacher<T>-seed<S>.json)")
     evaluate.add_argument("--from-hub", default=[], action="append", metavar="ORG/NAME[@REV]",
                           help="pull a published model (verified) and evaluate it against its card (repeatable)")
     evaluate.add_argument("--hub-dir", default="models/hub", help="where pulled models are placed")
@@ -270,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = verbs.add_parser("publish", help="publish artefacts to the Hugging Face Hub (one repository per model)")
     publish.add_argument("--repo-id", required=True, metavar="ORG/NAME",
-                         help="with --model: that model's repository; without: a prefix, giving ORG/NAME-teacher, "
-                              "ORG/NAME-<method>-seed<k> and ORG/NAME-<method>-kdci-seed<k> for params.yaml's runs")
+                         help="with --model: that model's repository; without: a prefix, giving ORG/NAME-teacher<T>, "
+                              "ORG/NAME-<method>-teacher<T>-seed<k> and ORG/NAME-<method>-kdci-teacher<T>-seed<k> for "
+                              "params.yaml's runs")
     publish.add_argument("--model", default=None, help="one artefact folder to publish (default: every final model)")
     publish.add_argument("--params", default="params.yaml", help="which runs are final (without --model)")
     publish.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
@@ -293,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = verbs.add_parser("audit", help="how a recorded number was produced: an MLflow run, or the run that "
                              "wrote a metrics JSON's exact bytes (store: MLFLOW_TRACKING_URI or ./mlflow.db)")
     audit.add_argument("reference", metavar="RUN_ID|METRICS_JSON", help="an MLflow run id, or a metrics JSON "
-                       "written by a stage (e.g. metrics/kdci/dafl-seed0.json)")
+                       "written by a stage (e.g. metrics/kdci/dafl-teacher0-seed0.json)")
     audit.set_defaults(run=_audit)
 
     report = verbs.add_parser("report", help="results table from the metrics JSON files")
@@ -313,18 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--out", default="reports/paper_comparison.md")
     comparison.set_defaults(run=_compare)
 
-    ablate = verbs.add_parser("ablate", help="KDCI ablations (when params.yaml says ablate: true)")
-    ablate.add_argument("--params", default="params.yaml", help="params file: experiment, profile, methods, seeds, ablate")
-    ablate.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
+    ablate = verbs.add_parser("ablate", help="KDCI ablations (when params.yaml says study: true)")
+    ablate.add_argument("--params", default="params.yaml", help="params file: experiment, profile, methods, seeds, study")
+    ablate.add_argument("--teacher", default=None, help="teacher artefact folder (default: the first of teacher_seeds)")
     ablate.add_argument("--metrics-dir", default="metrics", help="where the baseline and KDCI metrics are")
     ablate.add_argument("--out", default="reports/ablations.md")
     ablate.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
     ablate.set_defaults(run=_ablate, gin_names=True)
 
-    sweep = verbs.add_parser("shift-sweep", help="sampling-based methods +- KDCI against a controlled pool shift "
-                             "(when params.yaml says shift_sweep: true)")
-    sweep.add_argument("--params", default="params.yaml", help="params file: experiment, profile, seeds, shift_sweep")
-    sweep.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
+    sweep = verbs.add_parser("shift-sweep", help="dose-response: baseline, KDCI and control against a controlled "
+                             "shift (when params.yaml says study: true)")
+    sweep.add_argument("--params", default="params.yaml", help="params file: experiment, profile, seeds, study")
+    sweep.add_argument("--teacher", default=None, help="teacher artefact folder (default: the first of teacher_seeds)")
     sweep.add_argument("--out", default="reports/shift_sweep", help="output folder")
     sweep.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
     sweep.set_defaults(run=_shift_sweep, gin_names=True)
@@ -346,12 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     diag = verbs.add_parser("diagnose", help="class-proportion shift and Frechet distance of substitution data")
     _gin_args(diag, tracked=False)
-    diag.add_argument("--teacher", default="models/teacher", help="teacher artefact folder")
+    diag.add_argument("--teacher", default=None, help="teacher artefact folder for every student (default: the "
+                      "teacher each student's config.json names)")
     diag.add_argument("--models", nargs="+", default=["models/students", "models/kdci"],
                       help="folders searched for student artefacts with a substitution sample")
     diag.add_argument("--params", default=None, help="diagnose exactly the students params.yaml lists (instead of --models)")
     diag.add_argument("--out", default="reports/diagnostics", help="output folder")
     diag.set_defaults(run=_diagnose, gin_names=True)
+
+    check = verbs.add_parser("verify", help="regenerated metrics vs the committed ones (HEAD): identical, within the "
+                             "committed interval, outside it, or missing; names both runs' platforms")
+    check.add_argument("--metrics-dir", default="metrics", help="metrics folder (every *.json under it is a cell)")
+    check.add_argument("--results", default="reports/results.json", help="results.json whose HEAD version gives the "
+                       "intervals and the committed platform (the working-tree one gives this run's platform)")
+    check.add_argument("--out", default="reports", help="folder that receives verify.md and verify.json")
+    check.add_argument("--strict", action="store_true", help="exit 1 unless every cell is identical")
+    check.set_defaults(run=_verify)
 
     names = verbs.add_parser("names", help="list registered networks and gin configurables")
     names.set_defaults(run=_names, gin_names=True)
@@ -359,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    reproducible.start_cli()  # first: the CPU kernel pins only work if set before torch is imported
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     launched = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")

@@ -76,16 +76,21 @@ def is_write_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or (isinstance(exc, SafetensorError) and errno_of(exc) is not None)
 
 
-def write_json_atomically(path: Path, record: Any) -> None:
-    """Write ``record`` as sorted, indented JSON: complete or not at all (the old file is kept)."""
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8): complete or not at all (the old file is kept). Reports are written so."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(partial, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        write_durably(partial, text.encode("utf-8"))
         os.replace(partial, path)
         fsync_path(path.parent)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         kept = "the previous file is kept" if path.exists() else "nothing was written"
         raise write_failed(path, exc, kept) from None
+
+
+def write_json_atomically(path: Path, record: Any) -> None:
+    """Write ``record`` as sorted, indented JSON: complete or not at all (the old file is kept)."""
+    write_text_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -44,6 +44,17 @@ def information_entropy_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     return (mean_prob * torch.log(mean_prob.clamp_min(1e-12))).sum()
 
 
+def class_prior_loss(teacher_logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``KL(mean_i softmax(t_i) || prior)``: DAFL's balance term (Eq. 6) aimed at a skewed class prior.
+
+    Our generalisation for the class-skew knob: ``KL(p || u) = sum p log p + log K``, so for a uniform
+    ``prior`` it is :func:`information_entropy_loss` plus a constant and gives the same gradients.
+    ``prior`` ``[K]`` sums to 1.
+    """
+    mean_prob = F.softmax(teacher_logits, dim=1).mean(dim=0)
+    return (mean_prob * (torch.log(mean_prob.clamp_min(1e-12)) - torch.log(prior))).sum()
+
+
 def jensen_shannon_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                         temperature: float = 3.0) -> torch.Tensor:
     """Jensen-Shannon divergence of softened outputs, batch mean (DeepInversion's "Adaptive

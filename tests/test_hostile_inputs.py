@@ -189,6 +189,8 @@ PARAMS_CASES = {
     "negative seed": (PARAMS.replace("[0]", "[-1]"), "integers >= 0"),
     "repeated seed": (PARAMS.replace("[0]", "[0, 0]"), "lists a seed twice"),
     "repeated method": (PARAMS.replace("[dafl]", "[dafl, dafl]"), "lists a method twice"),
+    "repeated teacher seed": (PARAMS + "teacher_seeds: [1, 1]\n", "teacher_seeds must be a non-empty list of distinct"),
+    "old teacher_seed key": (PARAMS + "teacher_seed: 0\n", "teacher_seed is now a list, teacher_seeds"),
     "missing key": (PARAMS.replace("seeds: [0]\n", ""), "has no 'seeds'"),
     "yaml syntax error": (PARAMS + "methods: [dafl\n", "cannot read"),
     "not a mapping": ("- dafl\n", "is not a mapping of parameters"),

@@ -46,10 +46,10 @@ def published_run(tmp_path_factory, teacher_dir) -> Path:
     experiment, profile = REPO / "gin/experiments/digits.gin", REPO / "gin/profiles/smoke.gin"
     for family, extra in (("students", []), ("kdci", [REPO / "gin/kdci.gin"])):
         config.parse([experiment, REPO / "gin/methods/dafl.gin", *extra, profile], ["KDCI.warmup_epochs = 0"])
-        model_dir = root / "models" / family / "dafl" / "seed0"
+        model_dir = root / "models" / family / "dafl" / "teacher0-seed0"
         stages.distill(teacher_dir, model_dir, root / "ckpt", track=False)
         config.parse([experiment, profile])
-        stages.evaluate(model_dir, root / "metrics" / family / "dafl-seed0.json", track=False)
+        stages.evaluate(model_dir, root / "metrics" / family / "dafl-teacher0-seed0.json", track=False)
     gin.clear_config()
     return root
 
@@ -57,7 +57,7 @@ def published_run(tmp_path_factory, teacher_dir) -> Path:
 def _publish(run: Path, family: str, repo_id: str, endpoint: str, **kwargs):
     from repro.registry import hub
 
-    return hub.publish(run / "models" / family / "dafl" / "seed0", repo_id, endpoint=endpoint,
+    return hub.publish(run / "models" / family / "dafl" / "teacher0-seed0", repo_id, endpoint=endpoint,
                        metrics_dir=run / "metrics", results_path=run / "none.json", backoff=0, **kwargs)
 
 
@@ -65,7 +65,7 @@ def test_dry_run_writes_a_card_with_hub_metadata_and_results(published_run: Path
     from repro.registry import hub
 
     out = tmp_path / "staged"
-    hub.publish(published_run / "models/kdci/dafl/seed0", "someone/dafl-kdci", dry_run=True, out_dir=out,
+    hub.publish(published_run / "models/kdci/dafl/teacher0-seed0", "someone/dafl-kdci", dry_run=True, out_dir=out,
                 metrics_dir=published_run / "metrics", results_path=tmp_path / "absent.json")
     names = {path.name for path in out.iterdir()}
     assert names == {"config.json", "model.safetensors", "operative_config.gin", "confounder_dictionary.safetensors",
@@ -74,8 +74,8 @@ def test_dry_run_writes_a_card_with_hub_metadata_and_results(published_run: Path
     meta = yaml.safe_load(card.split("---", 2)[1])
     assert {"data-free-knowledge-distillation", "kdci", "dafl"} <= set(meta["tags"])
     assert meta["license"] == "apache-2.0" and meta["library_name"] == "pytorch"
-    measured = json.loads((published_run / "metrics/kdci/dafl-seed0.json").read_text())
-    baseline = json.loads((published_run / "metrics/students/dafl-seed0.json").read_text())
+    measured = json.loads((published_run / "metrics/kdci/dafl-teacher0-seed0.json").read_text())
+    baseline = json.loads((published_run / "metrics/students/dafl-teacher0-seed0.json").read_text())
     accuracy = meta["model-index"][0]["results"][0]["metrics"][0]
     assert accuracy["type"] == "accuracy" and accuracy["value"] == round(measured["top1"], 2)
     assert f"| dafl | {baseline['top1']:.2f} |" in card and f"| dafl + KDCI | {measured['top1']:.2f} |" in card
@@ -122,7 +122,7 @@ def test_tampered_download_is_refused_and_nothing_is_left(published_run: Path, h
 
     _publish(published_run, "students", "lab/tampered", hub.endpoint)
     staged = tmp_path / "evil"
-    shutil.copytree(published_run / "models/students/dafl/seed0", staged)
+    shutil.copytree(published_run / "models/students/dafl/teacher0-seed0", staged)
     (staged / "operative_config.gin").write_text("# replaced\n")
     from huggingface_hub import HfApi
 
@@ -188,13 +188,13 @@ def test_registry_records_versions_and_publication(teacher_dir: Path, hub: FakeH
     monkeypatch.chdir(tmp_path)
     config.parse([REPO / "gin/experiments/digits.gin", REPO / "gin/methods/dafl.gin", REPO / "gin/profiles/smoke.gin"],
                  ["DISTILL_EPOCHS = 1"])
-    model_dir = tmp_path / "models/students/dafl/seed0"
+    model_dir = tmp_path / "models/students/dafl/teacher0-seed0"
     stages.distill(teacher_dir, model_dir, tmp_path / "ckpt", track=True)
     config.parse([REPO / "gin/experiments/digits.gin", REPO / "gin/profiles/smoke.gin"])
-    stages.evaluate(model_dir, tmp_path / "metrics/students/dafl-seed0.json", track=False)
+    stages.evaluate(model_dir, tmp_path / "metrics/students/dafl-teacher0-seed0.json", track=False)
     rows = tracking.list_registry()
     assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [
-        ("digits-digits_cnn_large-digits_cnn_small-dafl", "1", "seed0")]
+        ("digits-digits_cnn_large-digits_cnn_small-dafl", "1", "teacher0-seed0")]
     published = hubmod.publish(model_dir, "lab/registered", endpoint=hub.endpoint, metrics_dir=tmp_path / "metrics",
                                backoff=0)
     tracking.tag_published(model_dir, published["repo_id"], published["revision"])
@@ -206,7 +206,7 @@ def test_registry_records_versions_and_publication(teacher_dir: Path, hub: FakeH
 def test_cli_publish_then_evaluate_from_hub(published_run: Path, hub: FakeHub, tmp_path: Path) -> None:
     env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    published = run_cli("publish", "--repo-id", "lab/cli-kdci", "--model", "models/kdci/dafl/seed0", "--no-track",
+    published = run_cli("publish", "--repo-id", "lab/cli-kdci", "--model", "models/kdci/dafl/teacher0-seed0", "--no-track",
                         cwd=published_run, env=env)
     assert published.returncode == 0, published.stderr
     assert "lab/cli-kdci" in published.stdout and "model.safetensors" in hub.files("lab/cli-kdci")
@@ -214,7 +214,7 @@ def test_cli_publish_then_evaluate_from_hub(published_run: Path, hub: FakeHub, t
                         str(REPO / "gin/profiles/smoke.gin"), "--from-hub", "lab/cli-kdci", "--hub-dir",
                         str(tmp_path / "pulled"), "--no-track", cwd=tmp_path, env=env)
     assert evaluated.returncode == 0, evaluated.stderr
-    card = json.loads((published_run / "metrics/kdci/dafl-seed0.json").read_text())["top1"]
+    card = json.loads((published_run / "metrics/kdci/dafl-teacher0-seed0.json").read_text())["top1"]
     assert f"matches the card's {card:.2f}%" in evaluated.stdout
     assert (tmp_path / "pulled/lab--cli-kdci/confounder_dictionary.safetensors").is_file()
 

@@ -101,9 +101,10 @@ def test_runs_without_counterpart_and_old_results_identified_from_metrics(tmp_pa
     (model / "config.json").write_text(json.dumps({"data": {"name": "digits"}}))
     metrics = tmp_path / "metrics"
     (metrics / "students").mkdir(parents=True)
-    (metrics / "teacher.json").write_text(json.dumps({"top1": 99.8, "network": "digits_cnn_large",
-                                                      "model": str(model)}))
-    (metrics / "students/dafl-seed0.json").write_text(json.dumps({"top1": 94.0, "network": "digits_cnn_small"}))
+    (metrics / "teachers").mkdir(parents=True)
+    (metrics / "teachers/seed0.json").write_text(json.dumps({"top1": 99.8, "network": "digits_cnn_large",
+                                                             "model": str(model)}))
+    (metrics / "students/dafl-teacher0-seed0.json").write_text(json.dumps({"top1": 94.0, "network": "digits_cnn_small"}))
     results = _results(tmp_path / "results.json", None, "digits_cnn_large", None,
                        {"dafl": ([94.0, 96.0], [95.0, 96.0])}, teacher_top1=99.8)
     assert report.collect(metrics)["dataset"] == "digits"

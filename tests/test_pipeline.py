@@ -30,7 +30,8 @@ def _clone_work_tree(target: Path) -> None:
         if generated.name != "published_numbers.csv":
             shutil.rmtree(generated) if generated.is_dir() else generated.unlink()
     params = (target / "params.yaml").read_text()
-    params = params.replace("profile: default", "profile: smoke").replace("seeds: [0, 1, 2]", "seeds: [0, 1]")
+    params = params.replace("profile: default", "profile: smoke").replace("\nseeds: [0, 1, 2]", "\nseeds: [0]")
+    assert "teacher_seeds: [0, 1]" in params  # two teachers x one student seed: the cells of the smoke run
     # One generation-based and one sampling-based method keep the test fast and cover both families.
     params = re.sub(r"^methods: .*$", "methods: [dafl, dfnd]", params, flags=re.M)
     (target / "params.yaml").write_text(params)
@@ -53,25 +54,30 @@ def smoke_project(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
     project, result = smoke_project
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    cells = [f"{m}-{s}" for m in ("dafl", "dfnd") for s in (0, 1)]
-    for stage in ("teacher", *[f"{arm}@{c}" for arm in ("distill", "kdci", "control") for c in cells], "evaluate",
-                  "diagnose", "report", "compare", "ablate", "shift-sweep"):
+    for stage in ("teacher", *[f"{arm}@{m}" for arm in ("distill", "kdci", "control") for m in ("dafl", "dfnd")],
+                  "evaluate", "diagnose", "report", "verify", "compare", "ablate", "shift-sweep"):
         assert f"Running stage '{stage}'" in result.stdout
     assert "results: reports/results.md" in result.stdout
-    artefacts = ["models/teacher"] + [f"models/{family}/{method}/seed{seed}" for family in ("students", "kdci", "control")
-                                      for method in ("dafl", "dfnd") for seed in (0, 1)]
+    artefacts = [f"models/teachers/seed{t}" for t in (0, 1)] + [
+        f"models/{family}/{method}/teacher{t}-seed0" for family in ("students", "kdci", "control")
+        for method in ("dafl", "dfnd") for t in (0, 1)]
     for artefact in artefacts:
         for name in ("config.json", "model.safetensors", "operative_config.gin"):
             assert (project / artefact / name).is_file(), f"{artefact}/{name}"
-    assert (project / "models/kdci/dafl/seed0/confounder_dictionary.safetensors").is_file()
-    assert (project / "models/kdci/dfnd/seed1/confounder_dictionary.safetensors").is_file()
+    assert (project / "models/kdci/dafl/teacher0-seed0/confounder_dictionary.safetensors").is_file()
+    assert (project / "models/kdci/dfnd/teacher1-seed0/confounder_dictionary.safetensors").is_file()
+    # Two teachers of different seeds: different weights, each student records its own.
+    teachers = [json.loads((project / f"models/teachers/seed{t}/config.json").read_text()) for t in (0, 1)]
+    assert teachers[0]["files"] != teachers[1]["files"]
+    student = json.loads((project / "models/students/dafl/teacher1-seed0/config.json").read_text())
+    assert student["teacher"]["seed"] == 1 and student["teacher"]["sha256"] == teachers[1]["files"]["model.safetensors"]
     assert "Shift sweep" in (project / "reports/shift_sweep/shift_sweep.md").read_text()
     assert (project / "reports/results.png").stat().st_size > 1000
-    assert "Ablations are off" in (project / "reports/ablations.md").read_text()
+    assert "The study is off" in (project / "reports/ablations.md").read_text()
     comparison = (project / "reports/paper_comparison.md").read_text()  # stage compare: published numbers + ours
     assert "| ResNet-34 → ResNet-18 | CMI | 94.84" in comparison and "| digits_cnn_large → digits_cnn_small | " in comparison
     diagnostics = json.loads((project / "reports/diagnostics/diagnostics.json").read_text())
-    assert len(diagnostics["rows"]) == 8 and all(0 <= row["shift_score_tv"] <= 1 for row in diagnostics["rows"])
+    assert len(diagnostics["rows"]) == 8 and len(diagnostics["teachers"]) == 2 and all(0 <= row["shift_score_tv"] <= 1 for row in diagnostics["rows"])
     assert "Substitution-data shift" in (project / "reports/results.md").read_text()
     assert not (project / "checkpoints" / "models").exists() or not any((project / "checkpoints").rglob("*.pt"))
 
@@ -79,15 +85,15 @@ def test_dvc_repro_smoke_runs_every_stage(smoke_project) -> None:
 def test_report_is_built_from_the_metrics_files(smoke_project) -> None:
     project, _ = smoke_project
     results = json.loads((project / "reports/results.json").read_text())
-    teacher = json.loads((project / "metrics/teacher.json").read_text())
-    assert results["teacher_top1"] == teacher["top1"]
+    teachers = [json.loads((project / f"metrics/teachers/seed{t}.json").read_text())["top1"] for t in (0, 1)]
+    assert [t["top1"] for t in results["teachers"]] == teachers and results["teacher_top1"] == sum(teachers) / 2
     row = next(row for row in results["rows"] if row["method"] == "dafl")
     assert sorted(r["method"] for r in results["rows"]) == ["dafl", "dfnd"]
 
     def top1(family: str, key: str = "top1") -> list[float]:
-        return [json.loads((project / f"metrics/{family}/dafl-seed{seed}.json").read_text())[key] for seed in (0, 1)]
+        return [json.loads((project / f"metrics/{family}/dafl-teacher{t}-seed0.json").read_text())[key] for t in (0, 1)]
 
-    assert row["method"] == "dafl" and row["seeds"] == [0, 1]
+    assert row["method"] == "dafl" and row["seeds"] == [0] and row["teacher_seeds"] == [0, 1]
     assert row["baseline_top1"] == top1("students") and row["kdci_top1"] == top1("kdci")
     assert row["control_top1"] == top1("control")
     assert row["kdci_intervention_off_top1"] == top1("kdci", "intervention_off_top1")
@@ -105,20 +111,21 @@ def test_mlflow_has_a_run_per_stage_with_params_and_config(smoke_project) -> Non
     experiment = client.get_experiment_by_name("kdci-repro")
     every = client.search_runs([experiment.experiment_id])
     stages = sorted(run.data.tags["stage"] for run in every)
-    assert stages == ["distill"] * 12 + ["evaluate"] * 12 + ["pipeline"] + ["teacher"]
+    assert stages == ["distill"] * 12 + ["evaluate"] * 12 + ["pipeline"] + ["teacher"] * 2
     (parent,) = [run for run in every if run.data.tags["stage"] == "pipeline"]
     runs = [run for run in every if run is not parent]
     # One `dvc repro`, one parent run: every stage process found it through the same dvc ancestor.
     assert parent.data.tags["pipeline_key"].startswith("dvc:") and parent.info.status == "FINISHED"
     assert parent.data.tags["profile"] == "smoke" and parent.info.run_name.startswith("pipeline ")
     assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in runs)
-    cells = [f"{family}@{m}-{s}" for family in ("distill", "kdci", "control") for m in ("dafl", "dfnd") for s in (0, 1)]
-    assert sorted(run.data.tags["dvc_stage"] for run in runs) == sorted(["teacher"] + ["evaluate"] * 12 + cells)
+    # One process per method and arm: both teachers' students of a stage carry its name.
+    cells = [f"{family}@{m}" for family in ("distill", "kdci", "control") for m in ("dafl", "dfnd") for _ in (0, 1)]
+    assert sorted(run.data.tags["dvc_stage"] for run in runs) == sorted(["teacher"] * 2 + ["evaluate"] * 12 + cells)
     distill_runs = [run for run in runs if run.data.tags["stage"] == "distill"]
     kdci_runs = [run for run in distill_runs if run.data.tags["dvc_stage"].startswith("kdci@")]
     assert all(run.data.tags["kdci"] == "true" for run in kdci_runs)
-    assert sorted(run.data.tags["dvc_stage"] for run in kdci_runs) == ["kdci@dafl-0", "kdci@dafl-1", "kdci@dfnd-0",
-                                                                        "kdci@dfnd-1"]
+    assert sorted((run.data.tags["dvc_stage"], run.data.tags["teacher_seed"]) for run in kdci_runs) == [
+        ("kdci@dafl", "0"), ("kdci@dafl", "1"), ("kdci@dfnd", "0"), ("kdci@dfnd", "1")]
     for run in kdci_runs:
         assert "confounder_dictionary.safetensors" in {i.path for i in client.list_artifacts(run.info.run_id)}
         entropy = client.get_metric_history(run.info.run_id, "student/kdci/attention_entropy")
@@ -258,7 +265,7 @@ def test_mlflow_ui_shows_the_pipeline_its_stage_runs_and_a_substitution_grid(mlf
     assert len(shown) >= min(10, len(children)), page[:2000]  # the UI lists ten, then "Load more"
     assert len(children) <= 10 or "Load more" in page
 
-    kdci = next(run for run in runs if _tag(run, "dvc_stage") == "kdci@dafl-0")
+    kdci = next(run for run in runs if _tag(run, "dvc_stage") == "kdci@dafl" and _tag(run, "teacher_seed") == "0")
     dom, page = _render(browser, f"{experiment}/{kdci['info']['run_id']}/artifacts/substitution/epoch_002.png",
                         shots / "mlflow-ui-substitution-grid.png", tmp_path / "profile")
     for name in ("class_proportions.png", "epoch_001.png", "confounder_dictionary.safetensors", "final_metrics.json"):

@@ -274,19 +274,19 @@ def test_audit_finds_the_run_that_wrote_a_metrics_json_by_its_bytes(recorded, mo
     assert "runs wrote these exact bytes" not in text  # one writer
     sha = json.loads((recorded.out / "config.json").read_text())["files"]["model.safetensors"]
     teacher_sha = json.loads((recorded.out / "config.json").read_text())["teacher"]["sha256"]
-    for expected in (evaluate.info.run_id, "evaluate-dafl+kdci-seed0", recorded.runs["pipeline"].info.run_id,
+    for expected in (evaluate.info.run_id, "evaluate-dafl+kdci-teacher0-seed0", recorded.runs["pipeline"].info.run_id,
                      evaluate.data.tags["git_commit"], f"student sha256 {sha}", f"teacher sha256 {teacher_sha}",
-                     f"trained by run {distill.info.run_id}", "alias seed0", "dvc stage kdci@dafl-0",
+                     f"trained by run {distill.info.run_id}", "alias teacher0-seed0", "dvc stage kdci@dafl-0",
                      f"top1 {metrics['top1']} matches", "kdci.json", "evaluate.dataset = %DATASET"):
         assert expected in text, expected
     assert cli.main(["audit", distill.info.run_id]) == 0
     text = capsys.readouterr().out
-    for expected in ("distill-dafl+kdci-seed0", "FINISHED", "dvc stage      kdci@dafl-0",
+    for expected in ("distill-dafl+kdci-teacher0-seed0", "FINISHED", "dvc stage      kdci@dafl-0",
                      f"command        {distill.data.tags['command']}",
                      "uncommitted changes:", "KDCI.num_prototypes = 4", "student/kdci/attention_entropy = ",
                      "substitution/epoch_002.png", "confounder_dictionary.safetensors", "final_metrics.json",
                      f"student sha256 {sha}", "registered     digits-digits_cnn_large-digits_cnn_small-dafl-kdci "
-                     "version 1, alias seed0", "pair=digits_cnn_large->digits_cnn_small"):
+                     "version 1, alias teacher0-seed0", "pair=digits_cnn_large->digits_cnn_small"):
         assert expected in text, expected
 
 
@@ -309,7 +309,7 @@ def rerun(recorded, tmp_path_factory) -> SimpleNamespace:
     from mlflow.tracking import MlflowClient
 
     root = tmp_path_factory.mktemp("rerun")
-    uri, relative = f"sqlite:///{root / 'mlflow.db'}", Path("metrics/kdci/dafl-seed0.json")
+    uri, relative = f"sqlite:///{root / 'mlflow.db'}", Path("metrics/kdci/dafl-teacher0-seed0.json")
     written = []
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -345,7 +345,7 @@ def test_audit_of_bytes_written_by_two_runs_shows_the_newest_and_lists_both(reru
     newest, older = (run.info.run_id for run in rerun.runs)
     assert cli.main(["audit", str(rerun.relative)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith(f"run            {newest}  evaluate-dafl+kdci-seed0")
+    assert text.startswith(f"run            {newest}  evaluate-dafl+kdci-teacher0-seed0")
     assert f"2 runs wrote these exact bytes: {newest}, {older}" in text
     top1 = json.loads(rerun.written[0])["top1"]
     assert f"top1 {top1} matches the run's logged test/top1" in text

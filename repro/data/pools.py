@@ -46,11 +46,50 @@ def fit_shape(images: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     return images.clamp(0, 1)
 
 
+def crop_and_flip(images: torch.Tensor, padding: int, flip: bool, fill: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()`` per image, on a batch.
+
+    ``images`` ``[B, C, H, W]``; each is padded by ``padding`` pixels of ``fill`` (``[1, C, 1, 1]``, the
+    padding value in the images' space), cropped back to ``H x W`` at a random offset and, with ``flip``,
+    mirrored with probability 1/2. Integer shifts, so pixels are copied, never interpolated. Uses torch's
+    RNG on the images' device (seeded and checkpointed by the Trainer).
+    """
+    batch, channels, height, width = images.shape
+    device = images.device
+    padded = fill.to(images.dtype).expand(batch, channels, height + 2 * padding, width + 2 * padding).clone()
+    padded[:, :, padding:padding + height, padding:padding + width] = images
+    top = torch.randint(2 * padding + 1, (batch, 1), device=device)
+    left = torch.randint(2 * padding + 1, (batch, 1), device=device)
+    rows = top + torch.arange(height, device=device)  # [B, H]
+    columns = torch.arange(width, device=device).expand(batch, width)
+    if flip:
+        mirrored = torch.rand(batch, 1, device=device) < 0.5
+        columns = torch.where(mirrored, columns.flip(1), columns)
+    columns = left + columns  # [B, W]
+    samples = torch.arange(batch, device=device).view(batch, 1, 1)
+    picked = padded.permute(0, 2, 3, 1)[samples, rows.unsqueeze(2), columns.unsqueeze(1)]  # [B, H, W, C]
+    return picked.permute(0, 3, 1, 2).contiguous()
+
+
 class UnlabeledPool:
-    """Base of every pool: ``images(spec)`` -> ``[N, C, H, W]`` in [0, 1]; ``describe()`` for records."""
+    """Base of every pool: ``images(spec)`` -> ``[N, C, H, W]`` in [0, 1]; ``describe()`` for records.
+
+    ``crop_padding`` / ``flip``: the training augmentation the methods apply to pool images each time they
+    draw them for the student (:meth:`augment`); none by default (digits: a mirrored digit is another digit).
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
 
     def images(self, spec: DataSpec) -> torch.Tensor:
         raise NotImplementedError
+
+    def augment(self, images: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+        """Random crop (``crop_padding``) and horizontal flip (``flip``) of ``images`` [B, C, H, W]; ``fill``
+        [1, C, 1, 1]: the padding value in the images' space. Identity when neither is set."""
+        if self.crop_padding <= 0 and not self.flip:
+            return images
+        return crop_and_flip(images, max(self.crop_padding, 0), self.flip, fill)
 
     def describe(self) -> dict[str, Any]:
         return {"name": type(self).__name__}
@@ -176,13 +215,15 @@ class DatasetPool(UnlabeledPool):
     random subset) so a large folder fits in memory."""
 
     def __init__(self, dataset: RealDataset = gin.REQUIRED, split: str = "train", count: int = 50_000,
-                 seed: int = 0, num_workers: int = 0) -> None:
+                 seed: int = 0, num_workers: int = 0, crop_padding: int = 0, flip: bool = False) -> None:
         if count <= 0:
             raise UserError(f"DatasetPool.count = {count}: must be > 0")
         if num_workers < 0:
             raise UserError(f"DatasetPool.num_workers = {num_workers}: must be >= 0")
+        if crop_padding < 0:
+            raise UserError(f"DatasetPool.crop_padding = {crop_padding}: must be >= 0 pixels")
         self.dataset, self.split, self.count, self.seed = dataset, split, count, seed
-        self.num_workers = num_workers
+        self.num_workers, self.crop_padding, self.flip = num_workers, crop_padding, flip
 
     def images(self, spec: DataSpec) -> torch.Tensor:
         """``[count, C, H, W]`` in [0, 1], float32, resized to ``spec``. Memory: count x C x H x W x 4 bytes
@@ -199,4 +240,5 @@ class DatasetPool(UnlabeledPool):
         return torch.cat([fit_shape(chunk * std + mean, spec) for chunk, _ in loader])
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "dataset", "dataset": self.dataset.describe(), "split": self.split, "count": self.count}
+        return {"name": "dataset", "dataset": self.dataset.describe(), "split": self.split, "count": self.count,
+                "crop_padding": self.crop_padding, "flip": self.flip}

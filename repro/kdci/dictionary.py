@@ -54,7 +54,8 @@ class ConfounderDictionary:
     def metadata(self) -> dict[str, str]:
         return {"num_prototypes": str(self.num_prototypes), "dim": str(self.dim),
                 "feature_source": self.feature_source, "prior": self.prior_kind,
-                "feature_dim": str(int(self.pca_mean.shape[0]))}
+                "feature_dim": str(int(self.pca_mean.shape[0])),
+                "samples": str(int(self.cluster_sizes.sum()))}  # M: distinct substitution images clustered
 
     def save(self, path: Path) -> None:
         """Write a safetensors file; N, d, feature source and prior kind go into its metadata.

@@ -114,12 +114,7 @@ class KDCI(DFKDMethod):
         """Collect substitution data from the baseline and cluster the teacher's features of it."""
         with torch.random.fork_rng(devices=[]):  # keep the baseline's data order (see setup)
             torch.manual_seed(self.seed * 1009 + self.builds)
-            chunks, collected = [], 0
-            while collected < self.dictionary_samples:
-                batch = self.base.sample(min(512, self.dictionary_samples - collected))
-                chunks.append(self.teacher_features(batch.x).float())
-                collected += batch.x.shape[0]
-            features = torch.cat(chunks)[: self.dictionary_samples]
+            features = self._dictionary_features()
             dictionary = build_dictionary(features, self.num_prototypes, self.pca_dim, prior=self.prior,
                                           feature_source=self.feature_source, seed=self.seed + self.builds,
                                           whiten=self.whiten)
@@ -131,6 +126,32 @@ class KDCI(DFKDMethod):
         self.model.set_dictionary(dictionary)
         self.builds += 1
         return dictionary
+
+    def _dictionary_features(self) -> torch.Tensor:
+        """Teacher features ``[M, D]`` of up to ``dictionary_samples`` *distinct* substitution images.
+
+        The paper clusters the teacher's features of the substitution data itself (Wang et al., CVPR 2024,
+        Sec. 3.3 "confounder dictionary"; our notes: shared/docs/kdci-method.md, "Stage 1": PCA, then
+        K-Means++, P(z_i) = the proportion of substitution samples in cluster i), so an image counted twice
+        would weigh its cluster twice in P(z) and pull its centre. Pools and selections give each image once (``DFKDMethod.distinct_samples``), so M is capped
+        at what they hold (the count used is the dictionary's ``samples``). Only when that is too few for
+        N prototypes and the PCA dimension (a pool just started) are more synthesis rounds run.
+        """
+        needed = min(max(self.num_prototypes, self.pca_dim), self.dictionary_samples)
+        features = self._distinct_features()
+        while len(features) < needed:
+            before = len(features)
+            self.base.synthesize()
+            features = self._distinct_features()
+            if len(features) <= before:
+                raise UserError(f"KDCI found {before} distinct substitution images, the dictionary needs {needed} "
+                                "(num_prototypes, pca_dim): lower KDCI.num_prototypes / pca_dim or give the "
+                                "baseline more data (a larger pool or selection)")
+        return features
+
+    def _distinct_features(self) -> torch.Tensor:
+        chunks = [self.teacher_features(batch.x).float() for batch in self.base.distinct_samples(self.dictionary_samples, 512)]
+        return torch.cat(chunks) if chunks else torch.empty(0)
 
     def synthesize(self) -> dict[str, torch.Tensor]:
         return self.base.synthesize()

@@ -12,7 +12,7 @@ import abc
 import dataclasses
 import inspect
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -81,6 +81,17 @@ class DFKDMethod(abc.ABC):
     def sample(self, batch_size: int) -> Batch:
         """A batch of substitution data for one student step."""
 
+    def distinct_samples(self, limit: int, batch_size: int) -> Iterator[Batch]:
+        """Up to ``limit`` substitution images, none repeated, in batches of at most ``batch_size``
+        (KDCI builds its confounder dictionary from them). The default draws ``sample`` batches, right for
+        a generator whose every sample is fresh; a method holding a finite set of images (a pool,
+        a selection) overrides it to give each image once, and may give fewer than ``limit``."""
+        drawn = 0
+        while drawn < limit:
+            batch = self.sample(min(batch_size, limit - drawn))
+            drawn += batch.x.shape[0]
+            yield batch
+
     @abc.abstractmethod
     def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The student's loss on ``batch``: a dict with ``"loss"`` (to minimise) and named terms."""
@@ -125,6 +136,13 @@ class DFKDMethod(abc.ABC):
         """Teacher logits ``[B, K]`` and penultimate features ``[B, D]`` (gradients flow to ``x``)."""
         assert self.teacher is not None, "this method needs a teacher"
         return self.teacher(x, return_features=True)
+
+
+def distinct_batches(images: torch.Tensor, limit: int, batch_size: int) -> Iterator[Batch]:
+    """``min(limit, len(images))`` rows of ``images`` [N, C, H, W] in a random order, each once, in batches."""
+    order = torch.randperm(len(images), device=images.device)[:limit]
+    for start in range(0, len(order), batch_size):
+        yield Batch(images[order[start:start + batch_size]])
 
 
 def jsonable(value: Any) -> Any:

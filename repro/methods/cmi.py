@@ -23,6 +23,7 @@ from repro.errors import UserError
 from repro.methods.inversion import (
     BNStatistics,
     PoolDistillation,
+    draw_targets,
     keep_best,
     masked_adversarial,
     random_views,
@@ -46,7 +47,11 @@ def reset_generator(generator: nn.Module) -> None:
 
 
 class _ProjectionHead(nn.Module):
-    """Two-layer MLP onto the unit sphere (CMI's ``MLPHead``), trained with the generator."""
+    """Two-layer MLP onto the unit sphere (CMI's ``MLPHead``), trained with the generator.
+
+    Widths as the reference: hidden = the input width (the concatenated BN-layer instance means), output
+    ``dim_out`` (zju-vipa CMI datafree/synthesis/contrastive.py lines 17-31, ``MLPHead``: ``dim_h``
+    defaults to ``dim_in``; line 235 builds it as ``MLPHead(cmi_feature dim, head_dim)``)."""
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
@@ -60,12 +65,15 @@ class _ProjectionHead(nn.Module):
 class CMI(PoolDistillation):
     """Defaults: zju-vipa CMI ``scripts/cmi/adv_cmi_cifar10_wrn402_wrn161.sh`` / Fast-Datafree
     ``scripts/cmi_cifar.sh`` (--bn 1 --oh 1 --adv 0.5 --cr 0.8 --cr_T 0.2 --T 20 --lr_g 1e-3
-    --g_steps 200, bank 40960, 4096 negatives, head dim 128, global view = crop with 4/32 padding +
+    --g_steps 200, bank 40960, 4096 negatives, head dim 256 (datafree_kd.py line 276), global view = crop with 4/32 padding +
     flip, local view = resized crop of area [0.25, 1] + flip).
 
     ``generator_lr`` is the reference's lr_g, the learning rate of the generator, its codes and the
     projection head alike (profiles tune it): it is set on the parameter groups given to the
-    ``generator_optimizer`` and ``head_optimizer`` classes, which bring the rest (e.g. betas)."""
+    ``generator_optimizer`` and ``head_optimizer`` classes, which bring the rest (e.g. betas).
+    ``flip``: random horizontal flips of both views (the reference's RandomHorizontalFlip for CIFAR;
+    off for digits, gin/data/digits.gin). ``class_skew``: prior of the target classes
+    (:func:`~repro.methods.inversion.draw_targets`; 0 = uniform, the reference)."""
 
     def __init__(self, generator: NetSpec = gin.REQUIRED,
                  generator_optimizer: Callable[..., torch.optim.Optimizer] = gin.REQUIRED,
@@ -73,8 +81,9 @@ class CMI(PoolDistillation):
                  synthesis_steps: int = 200, generator_lr: float = 1e-3, bn_weight: float = 1.0,
                  onehot_weight: float = 1.0, adversarial_weight: float = 0.5, contrastive_weight: float = 0.8,
                  contrastive_temperature: float = 0.2, bank_size: int = 40960, negatives: int = 4096,
-                 head_dim: int = 128, global_shift: float = 0.125, local_scale: tuple[float, float] = (0.5, 1.0),
-                 flip: bool = True, temperature: float = 20.0, pool_size: int = 50_000) -> None:
+                 head_dim: int = 256, global_shift: float = 0.125, local_scale: tuple[float, float] = (0.5, 1.0),
+                 flip: bool = True, temperature: float = 20.0, pool_size: int = 50_000,
+                 class_skew: float = 0.0) -> None:
         self.record_settings(locals())
         if synthesis_steps <= 0 or synthesis_batch_size <= 0:
             raise UserError("CMI.synthesis_steps and CMI.synthesis_batch_size must be positive")
@@ -88,7 +97,7 @@ class CMI(PoolDistillation):
         self.contrastive_temperature = contrastive_temperature
         self.bank_size, self.negatives, self.head_dim = bank_size, negatives, head_dim
         self.global_shift, self.local_scale, self.flip = global_shift, tuple(local_scale), flip
-        self.temperature, self.pool_size = temperature, pool_size
+        self.temperature, self.pool_size, self.class_skew = temperature, pool_size, class_skew
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
               device: torch.device) -> nn.Module:
@@ -125,7 +134,7 @@ class CMI(PoolDistillation):
         reset_generator(self.generator)
         self.generator.train()
         z = torch.randn(size, self.generator.latent_dim, device=self.device, requires_grad=True)
-        targets = torch.randint(spec.num_classes, (size,), device=self.device)
+        targets = draw_targets(size, spec.num_classes, self.class_skew, self.device)
         lr = self.generator_lr
         optimizer = build_optimizer(self.make_generator_optim, [{"params": self.generator.parameters(), "lr": lr},
                                                                 {"params": [z], "lr": lr}], "generator")

@@ -19,7 +19,7 @@ from torch import nn
 from repro import losses
 from repro.data.datasets import DataSpec
 from repro.errors import UserError
-from repro.methods.inversion import BNStatistics, PoolDistillation, keep_best
+from repro.methods.inversion import BNStatistics, PoolDistillation, draw_targets, keep_best
 from repro.train.optim import build_optimizer
 
 
@@ -27,7 +27,12 @@ from repro.train.optim import build_optimizer
 class DeepInversion(PoolDistillation):
     """Defaults from the zju-vipa CMI benchmark's DeepInversion script (scripts/deepinv:
     --bn 10 --oh 1 --adv 1 --T 20 --lr_g 0.1 --g_steps 1000) and its synthesiser (jitter of 1/8 of
-    the image by rolling, random horizontal flip, JS temperature 3, images clipped to the valid range)."""
+    the image by rolling, random horizontal flip, JS temperature 3, images clipped to the valid range).
+
+    ``flip``: the synthesiser's random horizontal flip (zju-vipa CMI datafree/synthesis/deepinversion.py
+    lines 11-22, ``jitter_and_flip``), right for CIFAR/ImageNet; gin/data/digits.gin turns it off, since a
+    mirrored digit is another digit or none, which the teacher never saw. ``class_skew``: prior of the
+    target classes (:func:`~repro.methods.inversion.draw_targets`; 0 = uniform, the reference)."""
 
     name = "deepinv"
 
@@ -35,7 +40,7 @@ class DeepInversion(PoolDistillation):
                  synthesis_batch_size: int = 256, synthesis_steps: int = 1000, bn_weight: float = 10.0,
                  onehot_weight: float = 1.0, adversarial_weight: float = 1.0, tv_weight: float = 0.0,
                  jitter: float = 0.125, flip: bool = True, temperature: float = 20.0,
-                 adversarial_temperature: float = 3.0, pool_size: int = 50_000) -> None:
+                 adversarial_temperature: float = 3.0, pool_size: int = 50_000, class_skew: float = 0.0) -> None:
         self.record_settings(locals())
         for name, value in (("synthesis_batch_size", synthesis_batch_size), ("synthesis_steps", synthesis_steps),
                             ("pool_size", pool_size)):
@@ -45,7 +50,7 @@ class DeepInversion(PoolDistillation):
         self.synthesis_batch_size, self.synthesis_steps = synthesis_batch_size, synthesis_steps
         self.weights = {"bn_statistics": bn_weight, "onehot": onehot_weight, "adversarial": adversarial_weight,
                         "total_variation": tv_weight}
-        self.jitter, self.flip = jitter, flip
+        self.jitter, self.flip, self.class_skew = jitter, flip, class_skew
         self.temperature, self.adversarial_temperature, self.pool_size = temperature, adversarial_temperature, pool_size
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
@@ -64,7 +69,7 @@ class DeepInversion(PoolDistillation):
     def make_batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         spec, size = self.spec, self.synthesis_batch_size
         images = torch.randn(size, spec.channels, spec.image_size, spec.image_size, device=self.device, requires_grad=True)
-        targets = torch.randint(spec.num_classes, (size,), device=self.device)
+        targets = draw_targets(size, spec.num_classes, self.class_skew, self.device)
         optimizer = build_optimizer(self.make_optimizer, [images], "image")
         self.bn.active = True
         terms: dict[str, torch.Tensor] = {}

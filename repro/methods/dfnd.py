@@ -12,7 +12,7 @@ tau = 4; NLL of the adapted prediction against the teacher's arg-max).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import gin
 import torch
@@ -23,28 +23,46 @@ from repro import losses
 from repro.data.datasets import DataSpec
 from repro.data.pools import UnlabeledPool
 from repro.errors import UserError
-from repro.methods.base import Batch
+from repro.methods.base import Batch, distinct_batches
 from repro.methods.sampling import PoolSampling
+
+
+SELECTIONS = ("lowest_ce", "class_balanced")
 
 
 @gin.configurable
 class DFND(PoolSampling):
-    """Selection: for every class, the ``selected_per_class`` pool images with the highest teacher
-    probability for that class (class-balanced; an image chosen for two classes counts once).
+    """Selection (``selection``):
 
-    ``teacher_accuracy``: the diagonal of the noise-adaptation matrix (the chance the teacher's label
-    is right on selected wild images); ``confident_fraction``: share of each batch used for plain KD.
+    - ``'lowest_ce'`` (the reference, default): the ``num_selected`` pool images on which the teacher's
+      cross-entropy against its own arg-max is lowest, ranked over the whole pool, so the classes the
+      teacher is sure of stay over-represented: the class shift KDCI targets (huawei-noah
+      Efficient-Computing, Data-Efficient-Model-Compression/DFND/DFND-train.py: ``identify_outlier``,
+      lines 116-130, and ``main``, line 203, ``topk(num_select, largest=False)``; --num_select 600000,
+      line 23);
+    - ``'class_balanced'`` (an option): for every class, the ``selected_per_class`` pool images with the
+      highest teacher probability for that class (an image chosen for two classes counts once).
+
+    Selected images reach the student with the pool's augmentation (:meth:`UnlabeledPool.augment`; the
+    reference selects on plain images and trains on RandomCrop + RandomHorizontalFlip ones, DFND-train.py
+    lines 51-63 and 207). ``teacher_accuracy``: the diagonal of the noise-adaptation matrix (the chance the
+    teacher's label is right on selected wild images); ``confident_fraction``: share of each batch used for
+    plain KD.
     """
 
-    def __init__(self, pool: UnlabeledPool = gin.REQUIRED, selected_per_class: int = 200,
+    def __init__(self, pool: UnlabeledPool = gin.REQUIRED, selection: str = "lowest_ce",
+                 num_selected: int = 600_000, selected_per_class: int = 200,
                  temperature: float = 4.0, teacher_accuracy: float = 0.95, confident_fraction: float = 0.5,
                  noise_weight: float = 1.0) -> None:
         self.record_settings(locals())
+        if selection not in SELECTIONS:
+            raise UserError(f"DFND.selection = {selection!r}: choose {', '.join(SELECTIONS)}")
         if not 0 < teacher_accuracy < 1:
             raise UserError(f"DFND.teacher_accuracy = {teacher_accuracy}: must lie strictly between 0 and 1")
-        if not 0 < confident_fraction <= 1 or selected_per_class <= 0:
-            raise UserError("DFND.confident_fraction must be in (0, 1] and selected_per_class > 0")
-        self.unlabeled, self.selected_per_class, self.temperature = pool, selected_per_class, temperature
+        if not 0 < confident_fraction <= 1 or selected_per_class <= 0 or num_selected <= 0:
+            raise UserError("DFND.confident_fraction must be in (0, 1], num_selected and selected_per_class > 0")
+        self.unlabeled, self.selection, self.temperature = pool, selection, temperature
+        self.num_selected, self.selected_per_class = num_selected, selected_per_class
         self.teacher_accuracy, self.confident_fraction, self.noise_weight = teacher_accuracy, confident_fraction, noise_weight
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
@@ -58,9 +76,13 @@ class DFND(PoolSampling):
 
     @torch.no_grad()
     def _select(self) -> torch.Tensor:
-        probabilities = torch.cat([F.softmax(self.teacher(chunk), dim=1) for chunk in self.pool_images.split(1024)])
-        per_class = min(self.selected_per_class, len(probabilities))
-        index = probabilities.topk(per_class, dim=0).indices.flatten()  # [per_class * K]
+        logits = torch.cat([self.teacher(chunk) for chunk in self.pool_images.split(1024)])
+        if self.selection == "lowest_ce":
+            uncertainty = F.cross_entropy(logits, logits.argmax(1), reduction="none")  # [N]
+            index = uncertainty.topk(min(self.num_selected, len(logits)), largest=False).indices
+            return self.pool_images[index.sort().values]
+        per_class = min(self.selected_per_class, len(logits))
+        index = F.softmax(logits, dim=1).topk(per_class, dim=0).indices.flatten()  # [per_class * K]
         return self.pool_images[torch.unique(index)]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -77,7 +99,11 @@ class DFND(PoolSampling):
     @torch.no_grad()
     def sample(self, batch_size: int) -> Batch:
         index = torch.randint(len(self.selected), (batch_size,), device=self.selected.device)
-        return Batch(self.selected[index])
+        return Batch(self.augment(self.selected[index]))
+
+    def distinct_samples(self, limit: int, batch_size: int) -> Iterator[Batch]:
+        """Each selected image at most once (not augmented: the selection itself is the substitution data)."""
+        return distinct_batches(self.selected, limit, batch_size)
 
     def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         with torch.no_grad():

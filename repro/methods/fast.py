@@ -23,6 +23,7 @@ from repro.errors import UserError
 from repro.methods.inversion import (
     BNStatistics,
     PoolDistillation,
+    draw_targets,
     keep_best,
     masked_adversarial,
     random_views,
@@ -47,6 +48,10 @@ class Fast(PoolDistillation):
     script's --warmup epochs, which synthesise without training the student).
     ``reset_first_layer_at``: round at which the generator's input layer is re-initialised
     (the reference resets it at epoch 120 of 220; 0 disables).
+    ``shift`` / ``flip``: the view augmentation, RandomCrop(padding 4) + RandomHorizontalFlip in the reference
+    (fast_meta.py lines 96-97); gin/data/digits.gin turns the flip off (a mirrored digit is not a digit the
+    teacher saw). ``class_skew``: prior of the target classes (:func:`~repro.methods.inversion.draw_targets`;
+    0 = uniform, the reference).
     """
 
     def __init__(self, generator: NetSpec = gin.REQUIRED,
@@ -55,7 +60,7 @@ class Fast(PoolDistillation):
                  bn_weight: float = 10.0, onehot_weight: float = 0.4, adversarial_weight: float = 1.1,
                  bn_momentum: float = 0.9, meta: str = "fomaml", warmup_rounds: int = 20, reset_first_layer_at: int = 120,
                  shift: float = 0.125, flip: bool = True, temperature: float = 20.0, pool_size: int = 50_000,
-                 name: str = "fast") -> None:
+                 name: str = "fast", class_skew: float = 0.0) -> None:
         self.record_settings(locals())
         if meta not in ("fomaml", "reptile"):
             raise UserError(f"Fast.meta = {meta!r}: choose 'fomaml' or 'reptile'")
@@ -67,7 +72,7 @@ class Fast(PoolDistillation):
         self.bn_momentum, self.meta, self.warmup_rounds = bn_momentum, meta, warmup_rounds
         self.reset_first_layer_at, self.shift, self.flip = reset_first_layer_at, shift, flip
         self.temperature, self.pool_size = temperature, pool_size
-        self.rounds, self.name = 0, name
+        self.rounds, self.name, self.class_skew = 0, name, class_skew
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
               device: torch.device) -> nn.Module:
@@ -94,7 +99,7 @@ class Fast(PoolDistillation):
             self._first_layer().reset_parameters()
         size, spec = self.synthesis_batch_size, self.spec
         z = torch.randn(size, self.generator.latent_dim, device=self.device, requires_grad=True)
-        targets = torch.randint(spec.num_classes, (size,), device=self.device)
+        targets = draw_targets(size, spec.num_classes, self.class_skew, self.device)
         fast = copy.deepcopy(self.generator).train()
         optimizer = build_optimizer(self.make_optimizer, [{"params": fast.parameters()},
                                                           {"params": [z], "lr": self.latent_lr}], "generator")

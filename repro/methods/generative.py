@@ -6,6 +6,10 @@ Generator loss (each term weighted, a zero weight switches it off):
 - one-hot: cross-entropy of the teacher against its own arg-max (DAFL Eq. 4; DFQ);
 - activation: ``-mean |f_T|`` of penultimate features (DAFL Eq. 5);
 - information entropy / balance: entropy of the batch-mean prediction, maximised (DAFL Eq. 6; DFQ);
+  with ``class_skew`` > 0 (our dose-response knob), the divergence of the batch-mean prediction from the
+  skewed class prior of :func:`~repro.methods.inversion.target_prior`, minimised (DAFL draws no target
+  labels: its one-hot term takes the teacher's own arg-max and its class mix comes from the balance term,
+  zju-vipa CMI datafree/synthesis/generative.py lines 63 and 71, so the prior goes here);
 - BN statistics: match the teacher's BN running statistics (DFQ, Choi et al., CVPRW 2020);
 - adversarial: *maximise* the student-teacher discrepancy, KL at ``temperature`` (ZSKT, Micaelli &
   Storkey, NeurIPS 2019; DFQ) or mean absolute logit difference (DFAD, Fang et al., 2019).
@@ -24,7 +28,7 @@ from repro import losses
 from repro.data.datasets import DataSpec
 from repro.errors import UserError
 from repro.methods.base import Batch, DFKDMethod
-from repro.methods.inversion import BNStatistics
+from repro.methods.inversion import BNStatistics, target_prior
 from repro.nets.spec import NetSpec
 from repro.train import distributed
 from repro.train.optim import build_optimizer
@@ -59,6 +63,7 @@ class GenerativeDFKD(DFKDMethod):
         adversarial_weight: float = 0.0,
         discrepancy: str = "kl",
         temperature: float = 20.0,
+        class_skew: float = 0.0,
     ) -> None:
         self.record_settings(locals())
         if discrepancy not in DISCREPANCIES:
@@ -69,7 +74,10 @@ class GenerativeDFKD(DFKDMethod):
         self.synthesis_batch_size, self.generator_steps = synthesis_batch_size, generator_steps
         self.weights = {"onehot": onehot_weight, "activation": activation_weight, "information_entropy": entropy_weight,
                         "bn_statistics": bn_weight, "adversarial": adversarial_weight}
-        self.discrepancy, self.temperature = discrepancy, temperature
+        if class_skew != 0 and entropy_weight == 0:
+            raise UserError(f"GenerativeDFKD.class_skew = {class_skew} has no effect with entropy_weight = 0 (the "
+                            "balance term carries the class prior): use a preset with a balance term (dafl, dfq)")
+        self.discrepancy, self.temperature, self.class_skew = discrepancy, temperature, class_skew
 
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
               device: torch.device) -> nn.Module:
@@ -100,7 +108,7 @@ class GenerativeDFKD(DFKDMethod):
                 terms = {
                     "onehot": losses.onehot_loss(logits),
                     "activation": losses.activation_loss(features),
-                    "information_entropy": losses.information_entropy_loss(logits),
+                    "information_entropy": self._balance(logits),
                     "bn_statistics": self.bn.loss() if self.bn is not None else zero,
                     "adversarial": (-discrepancy(self.student(images), logits, self.discrepancy, self.temperature)
                                     if self.weights["adversarial"] > 0 else zero),
@@ -116,6 +124,12 @@ class GenerativeDFKD(DFKDMethod):
                 self.bn.active = False
             self.student.train(was_training)  # gradients left on the student are cleared by the Trainer
         return {f"synthesis/{name}": value.detach() for name, value in terms.items()}
+
+    def _balance(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.class_skew == 0:  # DAFL's own term, bit for bit
+            return losses.information_entropy_loss(logits)
+        prior = target_prior(self.spec.num_classes, self.class_skew).to(logits.device)
+        return losses.class_prior_loss(logits, prior)
 
     @torch.no_grad()
     def sample(self, batch_size: int) -> Batch:

@@ -8,7 +8,7 @@ teacher; the finished batch joins a pool that the student samples from (zju-vipa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,31 @@ from torch import nn
 
 from repro import losses
 from repro.data.datasets import DataSpec
+from repro.data.pools import class_weights
 from repro.errors import UserError
-from repro.methods.base import Batch, DFKDMethod
+from repro.methods.base import Batch, DFKDMethod, distinct_batches
+
+
+def target_prior(num_classes: int, class_skew: float) -> torch.Tensor:
+    """``[K]`` class proportions of synthesis targets: ``p_k ~ exp(-class_skew * k / (K - 1))``, uniform at 0.
+
+    ``class_skew`` is our dose-response knob (not a baseline setting): a skewed prior makes the substitution
+    data's class shift a controlled quantity. It is the skew formula of the shifted-digits pool
+    (:func:`repro.data.pools.class_weights`), so one number means the same shift for pools and synthesis."""
+    return class_weights(num_classes, class_skew)
+
+
+def draw_targets(count: int, num_classes: int, class_skew: float, device: torch.device) -> torch.Tensor:
+    """``[count]`` target classes for a synthesis batch (DeepInversion, CMI, Fast draw them here).
+
+    At ``class_skew`` 0 this is exactly the benchmark's uniform draw (zju-vipa CMI
+    datafree/synthesis/deepinversion.py line 76 and contrastive.py line 270, Fast-Datafree
+    datafree/synthesis/fast_meta.py line 116: ``torch.randint(num_classes, (batch,))``), the same RNG calls
+    as before the knob existed; above 0, classes follow :func:`target_prior`."""
+    if class_skew == 0:
+        return torch.randint(num_classes, (count,), device=device)
+    prior = target_prior(num_classes, class_skew).to(device)
+    return torch.multinomial(prior, count, replacement=True)
 
 
 class BNStatistics:
@@ -187,6 +210,12 @@ class PoolDistillation(DFKDMethod):
         if len(self.pool) == 0:  # asked before any round (e.g. KDCI with warmup_epochs = 0): make one
             self.synthesize()
         return Batch(self.pool.draw(batch_size))
+
+    def distinct_samples(self, limit: int, batch_size: int) -> Iterator[Batch]:
+        """Each pool image at most once: a pool smaller than ``limit`` gives all it has."""
+        if len(self.pool) == 0:
+            self.synthesize()
+        return distinct_batches(self.pool.images, limit, batch_size)
 
     def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self._kd_terms(batch.x, self.temperature)

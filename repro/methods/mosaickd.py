@@ -5,14 +5,14 @@ A generator learns to compose images whose *local patches* look like the out-of-
 discriminator judges them, Eq. 3) while the teacher sees them as confident, class-balanced
 in-domain samples (Eq. 4 and the appendix's balance term) that the student still gets wrong
 (Eq. 7). The student distils on generated and pool images together. Facts from zju-vipa MosaicKD
-(kd_mosaic.py): BCE patch losses, align = the teacher's per-sample entropy, balance =
+(kd_mosaic.py): BCE patch losses summed over patches, align = the teacher's per-sample entropy, balance =
 ``sum p(y) log2 p(y)``, weights --local 1 --align 1 --adv 1 --balance 10, five student steps per
 generator step, Adam(1e-3, betas (0.5, 0.999)) for generator and discriminator.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gin
 import torch
@@ -22,11 +22,20 @@ from torch import nn
 from repro import losses
 from repro.data.datasets import DataSpec
 from repro.data.pools import UnlabeledPool
-from repro.methods.base import Batch
+from repro.methods.base import Batch, distinct_batches
 from repro.methods.sampling import PoolSampling
 from repro.nets.spec import NetSpec
 from repro.train import distributed
 from repro.train.optim import build_optimizer
+
+
+def patch_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """BCE of patch logits ``[B, 1, h, w]`` against "real"/"fake", *summed* over the patches and averaged
+    over the images, as the reference reduces it (zju-vipa MosaicKD kd_mosaic.py lines 397-398, ``loss_d``,
+    and line 423, ``loss_local``: ``reduction='sum'`` divided by the batch size). A patch mean would scale
+    the local term down by the h * w patches per image against the align, adversarial and balance terms."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
 
 
 @gin.configurable
@@ -73,10 +82,10 @@ class MosaicKD(PoolSampling):
         fake = self._generate(size)
         real = self.draw_pool(size)
         # Patch discrimination: pool patches are "real", generated ones "fake"; the reference weights it
-        # with the generator's local weight too (kd_mosaic.py: loss_d = local * 0.5 * (fake + real)).
+        # with the generator's local weight too (kd_mosaic.py: loss_d = local * 0.5 * (fake + real)). The
+        # discriminator's pool images are not augmented (kd_mosaic.py line 161: the validation transform).
         fake_logits, real_logits = self.discriminator(fake.detach()), self.discriminator(real)
-        patches = 0.5 * (F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-                         + F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)))
+        patches = 0.5 * (patch_loss(fake_logits, real=False) + patch_loss(real_logits, real=True))
         loss_d = self.weights["local"] * patches
         self.discriminator_optim.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -90,7 +99,7 @@ class MosaicKD(PoolSampling):
             patch_logits = self.discriminator(fake)
             probabilities = F.softmax(teacher_logits, dim=1)
             terms = {
-                "local": F.binary_cross_entropy_with_logits(patch_logits, torch.ones_like(patch_logits)),
+                "local": patch_loss(patch_logits, real=True),
                 "align": -(probabilities * F.log_softmax(teacher_logits, dim=1)).sum(1).mean(),
                 "adversarial": (-losses.kd_loss(self.student(fake), teacher_logits, 1.0)
                                 if self.weights["adversarial"] > 0 else torch.zeros((), device=self.device)),
@@ -109,8 +118,18 @@ class MosaicKD(PoolSampling):
 
     @torch.no_grad()
     def sample(self, batch_size: int) -> Batch:
+        # The student's pool images get the pool's augmentation (kd_mosaic.py line 160: the unlabeled set's
+        # training transform, RandomCrop + RandomHorizontalFlip for CIFAR; registry.py lines 60-66, 77-82).
         from_pool = int(round(batch_size * self.pool_fraction))
-        return Batch(torch.cat([self._generate(batch_size - from_pool), self.draw_pool(from_pool)]))
+        return Batch(torch.cat([self._generate(batch_size - from_pool), self.draw_pool(from_pool, augment=True)]))
+
+    @torch.no_grad()
+    def distinct_samples(self, limit: int, batch_size: int) -> Iterator[Batch]:
+        """Fresh generated images and each pool image at most once, in the student's proportions."""
+        from_pool = int(round(limit * self.pool_fraction))
+        for count in range(limit - from_pool, 0, -batch_size):
+            yield Batch(self._generate(min(batch_size, count)))
+        yield from distinct_batches(self.pool_images, from_pool, batch_size)
 
     def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self._kd_terms(batch.x, self.temperature)

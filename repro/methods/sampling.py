@@ -29,11 +29,18 @@ class PoolSampling(DFKDMethod):
         if len(images) == 0:
             raise UserError("the unlabeled pool is empty: point it at a folder or split with images")
         self.pool_images = spec.normalize(images).to(device)
+        # Black in the network's input space: torchvision pads the image before normalising it.
+        self.pool_fill = spec.normalize(torch.zeros(1, spec.channels, 1, 1)).to(device)
         return trained
 
-    def draw_pool(self, count: int) -> torch.Tensor:
+    def draw_pool(self, count: int, augment: bool = False) -> torch.Tensor:
+        """``count`` pool images drawn with replacement; ``augment``: with the pool's crop/flip (if it has one)."""
         index = torch.randint(len(self.pool_images), (count,), device=self.pool_images.device)
-        return self.pool_images[index]
+        return self.augment(self.pool_images[index]) if augment else self.pool_images[index]
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The pool's training augmentation (:meth:`UnlabeledPool.augment`) of normalised ``images``."""
+        return self.unlabeled.augment(images, self.pool_fill)
 
     def describe(self) -> dict[str, Any]:
         loaded = getattr(self, "pool_images", None)  # describe() may run before setup

@@ -4,7 +4,9 @@ Baseline and KDCI-wrapped students (same initial weights) take student steps in 
 (A B, B A, ...), so drifts in machine speed hit both; the overhead is the ratio of the medians.
 A synthesis round (the method's ``synthesize()``: generator steps, an inversion batch, a pool
 selection) is timed on the baseline; KDCI does not change it. The dictionary build is timed
-separately for 10k and 50k feature vectors. ``repro bench --params params.yaml`` runs every method
+separately for 10k and 50k feature vectors. A last section runs a fixed float32 computation pinned
+and unpinned (:mod:`repro.reproducible`) in fresh processes: which outputs the pin changes on this
+CPU, whether the pinned bits repeat, and what the pin costs. ``repro bench --params params.yaml`` runs every method
 of params.yaml in one process and prints one table.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 import gin
 import torch
 
-from repro import config
+from repro import config, reproducible
 from repro.errors import UserError
 from repro.kdci.dictionary import build_dictionary
 from repro.methods.base import DFKDMethod
@@ -48,8 +50,10 @@ def bench_kdci_overhead(baseline: DFKDMethod = gin.REQUIRED, wrapped: DFKDMethod
                         student_network=gin.REQUIRED, dataset=gin.REQUIRED, steps: int = 100, warmup_steps: int = 10,
                         batch_size: int = 128, synthesis_rounds: int = 3,
                         dictionary_sizes: tuple[int, ...] = (10_000, 50_000),
-                        dictionary_feature_dim: int = 512, device: str = "auto") -> dict[str, Any]:
-    """Median seconds per student step for ``baseline`` and ``wrapped`` (KDCI around the same baseline)."""
+                        dictionary_feature_dim: int = 512, device: str = "auto",
+                        pin_check: bool = True) -> dict[str, Any]:
+    """Median seconds per student step for ``baseline`` and ``wrapped`` (KDCI around the same baseline);
+    with ``pin_check``, also :func:`repro.reproducible.compare_pinned` under ``reproducible_mode``."""
     target = resolve_device(device)
     spec = dataset.spec  # shapes only: no split is opened
     seed_everything(0)
@@ -94,6 +98,8 @@ def bench_kdci_overhead(baseline: DFKDMethod = gin.REQUIRED, wrapped: DFKDMethod
         build_dictionary(features, 16, 32, seed=0)
         _sync(target)
         result["dictionary_build_seconds"][size] = time.perf_counter() - began
+    if pin_check:
+        result["reproducible_mode"] = reproducible.compare_pinned(repeats=10, rounds=2)
     return result
 
 
@@ -107,6 +113,8 @@ def format_result(result: dict[str, Any]) -> str:
     ]
     for size, seconds in result["dictionary_build_seconds"].items():
         lines.append(f"dictionary build (N=16, PCA 32) from {size} x 512 features: {seconds:.2f} s")
+    if "reproducible_mode" in result:
+        lines.append(reproducible.format_comparison(result["reproducible_mode"]))
     return "\n".join(lines)
 
 
@@ -116,7 +124,7 @@ def bench_methods(params_path: Path, bindings: list[str], gin_root: Path = Path(
     rows = []
     for method in params["methods"]:
         config.parse(runset.gin_files(params, method, kdci=True, extras=["bench"], gin_root=gin_root), bindings)
-        rows.append(bench_kdci_overhead())
+        rows.append(bench_kdci_overhead(pin_check=not rows))  # the pin does not depend on the method: once
         print(format_result(rows[-1]), flush=True)
     return rows
 
@@ -130,6 +138,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         lines.append(f"| {row['method']} | {row['synthesis_round_ms']:.1f} | {row['baseline_step_ms']:.2f} | "
                      f"{row['kdci_step_ms']:.2f} | {row['overhead_percent']:+.2f}% |")
+    if "reproducible_mode" in rows[0]:
+        lines += ["", reproducible.format_comparison(rows[0]["reproducible_mode"])]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +207,7 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
             target = resolve_device("auto")
         if target.type == "cuda":
             torch.cuda.reset_peak_memory_stats(target)
-        result = bench_kdci_overhead()
+        result = bench_kdci_overhead(pin_check=False)  # full-size throughput only
         gin.clear_config()
         measured_steps = min(synthesis_steps, full_steps) if full_steps > 1 else 1
         round_s = result["synthesis_round_ms"] / 1000

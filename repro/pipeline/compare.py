@@ -156,12 +156,12 @@ def find_results(paths: Sequence[Path]) -> list[Path]:
 def _experiment_from_metrics(metrics_dir: Path, teacher_network: str | None) -> tuple[str | None, str | None]:
     """Dataset and student network of a results.json written before report.py recorded them."""
     try:
-        teacher = json.loads((metrics_dir / "teacher.json").read_text())
+        teacher = json.loads(sorted((metrics_dir / "teachers").glob("seed*.json"))[0].read_text())
         dataset = json.loads((Path(teacher["model"]) / "config.json").read_text())["data"]["name"]
         if teacher.get("network") != teacher_network:
             return None, None  # these metrics belong to another experiment
         students = {json.loads(path.read_text()).get("network") for path in (metrics_dir / "students").glob("*.json")}
-    except (KeyError, TypeError, OSError, json.JSONDecodeError):
+    except (KeyError, TypeError, OSError, IndexError, json.JSONDecodeError):
         return None, None
     return dataset, students.pop() if len(students) == 1 else None
 

@@ -93,6 +93,7 @@ def shift_row(model_dir: Path, real_features: torch.Tensor, real_share: torch.Te
     share = proportions(sample["predictions"].long(), len(real_share))
     return {
         "model": str(model_dir), "method": config["method"]["name"], "seed": config.get("seed"),
+        "teacher_seed": config.teacher_seed,
         "samples": int(len(sample["predictions"])),
         "class_proportions": [round(float(v), 5) for v in share],
         "shift_score_tv": float(0.5 * (share - real_share).abs().sum()),
@@ -100,19 +101,30 @@ def shift_row(model_dir: Path, real_features: torch.Tensor, real_share: torch.Te
     }
 
 
-@gin.configurable(denylist=["teacher_dir", "model_dirs", "out_dir"])
-def diagnose(teacher_dir: Path, model_dirs: list[Path], out_dir: Path, *,
+@gin.configurable(denylist=["model_dirs", "out_dir", "teacher_dir"])
+def diagnose(model_dirs: list[Path], out_dir: Path, teacher_dir: Path | None = None, *,
              dataset: RealDataset = gin.REQUIRED, batch_size: int = 512) -> dict[str, Any]:
-    """Shift diagnostics of every model folder holding a substitution sample -> JSON, markdown, PNG."""
-    teacher, teacher_config = artefact.load_artefact(teacher_dir)
+    """Shift diagnostics of every model folder holding a substitution sample -> JSON, markdown, PNG.
+
+    Each student is measured through the eyes of the teacher it learnt from (the ``teacher.path`` of
+    its config.json), or of ``teacher_dir`` for all when given."""
+    by_teacher: dict[Path, list[Path]] = {}
+    for model_dir in map(Path, model_dirs):
+        own = teacher_dir or Path(artefact.read_config(model_dir).get("teacher", {}).get("path", ""))
+        by_teacher.setdefault(own, []).append(model_dir)
     spec = dataset.spec
-    if spec.name != teacher_config["data"]["name"]:
-        raise UserError(f"the teacher was trained on {teacher_config['data']['name']} but the dataset is {spec.name}: "
-                        "diagnose with the same experiment gin")
-    real_features, real_share = real_reference(teacher, dataset, batch_size)
-    rows = [shift_row(Path(model_dir), real_features, real_share) for model_dir in model_dirs]
-    result = {"teacher": str(teacher_dir), "test_class_proportions": [round(float(v), 5) for v in real_share],
-              "real_vs_real_frechet_floor": _split_half_floor(real_features), "rows": rows}
+    rows, floor, share = [], None, None
+    for path, students in by_teacher.items():
+        teacher, teacher_config = artefact.load_artefact(path)
+        if spec.name != teacher_config.data.name:
+            raise UserError(f"the teacher was trained on {teacher_config.data.name} but the dataset is {spec.name}: "
+                            "diagnose with the same experiment gin")
+        real_features, real_share = real_reference(teacher, dataset, batch_size)
+        if floor is None:
+            floor, share = _split_half_floor(real_features), real_share
+        rows += [shift_row(model_dir, real_features, real_share) for model_dir in students]
+    result = {"teachers": [str(path) for path in by_teacher], "rows": rows, "real_vs_real_frechet_floor": floor,
+              "test_class_proportions": [round(float(v), 5) for v in share] if share is not None else []}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "diagnostics.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     (out_dir / "diagnostics.md").write_text(render(result))
@@ -143,10 +155,11 @@ def render(result: dict[str, Any]) -> str:
         fd = np.array([r["frechet_distance"] for r in rows])
         lines.append(f"| {method} | {len(rows)} | {tv.mean():.3f} ± {tv.std(ddof=1) if len(tv) > 1 else 0:.3f} | "
                      f"{fd.mean():.3f} ± {fd.std(ddof=1) if len(fd) > 1 else 0:.3f} |")
-    lines += ["", "Per student:", "", "| method | seed | samples | shift score (TV) | Frechet distance |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Per student:", "", "| method | teacher seed | seed | samples | shift score (TV) | Frechet distance |",
+              "|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        lines.append(f"| {row['method']} | {row['seed']} | {row['samples']} | {row['shift_score_tv']:.3f} | "
+        lines.append(f"| {row['method']} | {row.get('teacher_seed')} | {row['seed']} | {row['samples']} | "
+                     f"{row['shift_score_tv']:.3f} | "
                      f"{row['frechet_distance']:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -20,23 +20,55 @@ from repro.errors import UserError
 REQUIRED = ("experiment", "profile", "methods", "seeds")
 
 
+ARMS = ("students", "kdci", "control")  # folders of the three arms under models/ and metrics/
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One (method, seed) cell: its baseline, KDCI and control artefacts and metrics files."""
+    """One (method, teacher seed, student seed) cell: its baseline, KDCI and control artefacts and metrics.
+
+    The three arms of a cell share the teacher and the student seed, so their differences are paired."""
 
     method: str
+    teacher_seed: int
     seed: int
-    baseline_dir: Path
-    kdci_dir: Path
-    baseline_metrics: Path
-    kdci_metrics: Path
-    control_dir: Path
-    control_metrics: Path
+    models: Path = Path("models")
+    metrics: Path = Path("metrics")
+
+    @property
+    def name(self) -> str:
+        """``<method>-teacher<T>-seed<S>``: the file stem of the cell's metrics."""
+        return f"{self.method}-teacher{self.teacher_seed}-seed{self.seed}"
+
+    @property
+    def teacher_dir(self) -> Path:
+        return teacher_dir(self.teacher_seed, self.models)
+
+    def model_dir(self, arm: str) -> Path:
+        return self.models / arm / self.method / f"teacher{self.teacher_seed}-seed{self.seed}"
+
+    def metrics_path(self, arm: str) -> Path:
+        return self.metrics / arm / f"{self.name}.json"
+
+    baseline_dir = property(lambda self: self.model_dir("students"))
+    kdci_dir = property(lambda self: self.model_dir("kdci"))
+    control_dir = property(lambda self: self.model_dir("control"))
+    baseline_metrics = property(lambda self: self.metrics_path("students"))
+    kdci_metrics = property(lambda self: self.metrics_path("kdci"))
+    control_metrics = property(lambda self: self.metrics_path("control"))
 
     def arms(self) -> list[tuple[Path, Path]]:
         """``(artefact, metrics file)`` of each arm: baseline, KDCI, control."""
-        return [(self.baseline_dir, self.baseline_metrics), (self.kdci_dir, self.kdci_metrics),
-                (self.control_dir, self.control_metrics)]
+        return [(self.model_dir(arm), self.metrics_path(arm)) for arm in ARMS]
+
+
+def teacher_dir(seed: int, models: Path = Path("models")) -> Path:
+    """The artefact of the teacher trained with ``seed``."""
+    return models / "teachers" / f"seed{seed}"
+
+
+def teacher_metrics(seed: int, metrics: Path = Path("metrics")) -> Path:
+    return metrics / "teachers" / f"seed{seed}.json"
 
 
 def _available(folder: Path) -> str:
@@ -72,9 +104,16 @@ def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
         if not isinstance(params[key], str):
             raise UserError(f"{path}: {key} must be one name, e.g. {key}: {'digits' if key == 'experiment' else 'smoke'}, "
                             f"not {params[key]!r}")
-    teacher_seed = params.get("teacher_seed", 0)
-    if not isinstance(teacher_seed, int) or isinstance(teacher_seed, bool) or teacher_seed < 0:
-        raise UserError(f"{path}: teacher_seed must be an integer >= 0, not {teacher_seed!r}")
+    if "teacher_seed" in params:
+        raise UserError(f"{path}: teacher_seed is now a list, teacher_seeds: e.g. teacher_seeds: [0, 1] "
+                        "(every student seed is paired with every teacher)")
+    teacher_seeds = params.get("teacher_seeds", [0])
+    if (not isinstance(teacher_seeds, list) or not teacher_seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in teacher_seeds)
+            or len(set(teacher_seeds)) != len(teacher_seeds)):
+        raise UserError(f"{path}: teacher_seeds must be a non-empty list of distinct integers >= 0, e.g. [0, 1], "
+                        f"not {teacher_seeds!r}")
+    params["teacher_seeds"] = teacher_seeds
     checks = [("experiment", gin_root / "experiments", [params["experiment"]]),
               ("profile", gin_root / "profiles", [params["profile"]]),
               ("methods", gin_root / "methods", params["methods"])]
@@ -85,17 +124,21 @@ def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
     return params
 
 
-def run_for(method: str, seed: int, models: Path = Path("models"), metrics: Path = Path("metrics")) -> Run:
-    """Where the pipeline keeps the artefacts and metrics of one (method, seed) cell."""
-    return Run(method, int(seed), models / "students" / method / f"seed{seed}", models / "kdci" / method / f"seed{seed}",
-               metrics / "students" / f"{method}-seed{seed}.json", metrics / "kdci" / f"{method}-seed{seed}.json",
-               models / "control" / method / f"seed{seed}", metrics / "control" / f"{method}-seed{seed}.json")
+def run_for(method: str, teacher_seed: int, seed: int, models: Path = Path("models"),
+            metrics: Path = Path("metrics")) -> Run:
+    """Where the pipeline keeps the artefacts and metrics of one (method, teacher seed, seed) cell."""
+    return Run(method, int(teacher_seed), int(seed), models, metrics)
 
 
-def runs(params: dict[str, Any], models: Path = Path("models"), metrics: Path = Path("metrics")) -> Iterator[Run]:
-    for method in params["methods"]:
-        for seed in params["seeds"]:
-            yield run_for(method, seed, models, metrics)
+def runs(params: Mapping[str, Any], models: Path = Path("models"), metrics: Path = Path("metrics"), *,
+         method: str | None = None, teacher_seed: int | None = None, seed: int | None = None) -> Iterator[Run]:
+    """Every cell ``params`` asks for (method-major, then teacher, then seed), or those matching the filters."""
+    for name in params["methods"]:
+        for teacher in params["teacher_seeds"]:
+            for student_seed in params["seeds"]:
+                if ((method is None or name == method) and (teacher_seed is None or teacher == teacher_seed)
+                        and (seed is None or student_seed == seed)):
+                    yield run_for(name, teacher, student_seed, models, metrics)
 
 
 def gin_files(params: Mapping[str, Any], method: str | None = None, kdci: bool = False,

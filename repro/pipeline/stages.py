@@ -100,14 +100,16 @@ def _tag_metrics_file(tracker: Tracker, metrics_path: Path) -> None:
 
 
 def _register(tracker: Tracker, out_dir: Path, seed: int) -> None:
-    """Register the finished artefact in the MLflow Model Registry (alias ``seed<k>``)."""
+    """Register the finished artefact in the MLflow Model Registry (alias ``seed<k>`` for a teacher,
+    ``teacher<T>-seed<k>`` for a student: one version per cell of the run set)."""
     from repro.tracking.runs import registered_name
 
     config = artefact.read_config(out_dir)
     sha = config.weights_sha256
     tracker.set_tags({"weights_sha256": sha})  # what `repro audit` matches evaluations and versions by
+    alias = f"seed{seed}" if config.teacher_seed is None else f"teacher{config.teacher_seed}-seed{seed}"
     tracker.register_model(registered_name(config), out_dir, {
-        "weights_sha256": sha, "seed": str(seed), "artefact": str(out_dir)}, alias=f"seed{seed}")
+        "weights_sha256": sha, "seed": str(seed), "artefact": str(out_dir)}, alias=alias)
 
 
 @gin.configurable(denylist=["out_dir", "metrics_path", "checkpoint_root", "track"])
@@ -171,9 +173,11 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     monitor = monitor_dataset.split("test") if monitor_dataset is not None else None
     ckpt = _checkpoint_path(checkpoint_root, out_dir)
     tags = {"dataset": spec.name, "method": described["name"], "network": student.name,
-            "teacher": teacher_config.network, "seed": seed, "kdci": str("kdci" in described).lower(),
+            "teacher": teacher_config.network, "teacher_seed": teacher_config.seed, "seed": seed,
+            "kdci": str("kdci" in described).lower(),
             "pair": f"{teacher_config.network}->{student.name}", "teacher_weights_sha256": teacher_config.weights_sha256}
-    with _tracked(f"distill-{described['name']}-seed{seed}", "distill", tags, track) as tracker:
+    with _tracked(f"distill-{described['name']}-teacher{teacher_config.seed}-seed{seed}", "distill", tags,
+                  track) as tracker:
         every = max(1, round(trainer.epochs / 4)) if substitution_grid_every is None else substitution_grid_every
         grids = SubstitutionGrids(method, spec, tracker, every, trainer.epochs)
         final: dict[str, Any] = {"epoch": None}  # the last epoch's metrics, for final_metrics.json
@@ -185,7 +189,8 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
 
         trained = trainer.fit(method, model, spec, teacher, monitor_data=monitor, checkpoint_path=ckpt,
                               fingerprint=fingerprint("distill", gin.config_str(), teacher_config.weights_sha256),
-                              tracker=tracker, on_epoch=on_epoch, label=f"distill {described['name']} seed {seed}")
+                              tracker=tracker, on_epoch=on_epoch,
+                              label=f"distill {described['name']} teacher {teacher_config.seed} seed {seed}")
         if not distributed.is_main():
             return out_dir  # rank 0 writes the artefact
         described = method.describe()  # after setup: now includes what it loaded (e.g. the pool's record)
@@ -193,7 +198,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
                   "platform": platform_record(trainer.device),
                   "dataset": teacher_config.get("dataset", {}), "method": described, "seed": seed,
                   "teacher": {"path": str(teacher_dir), "architecture": teacher_config["architecture"],
-                              "sha256": teacher_config.weights_sha256},
+                              "sha256": teacher_config.weights_sha256, "seed": teacher_config.seed},
                   **method.artefact_config()}
         files = dict(method.artefact_files())
         if substitution_sample_size > 0:
@@ -210,7 +215,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
         tracker.log_text(json.dumps({"mlflow_run_id": tracker.run_id, **final},
                                     indent=2, sort_keys=True) + "\n", "final_metrics.json")
     shutil.rmtree(ckpt.parent, ignore_errors=True)
-    print(f"student {student.name} by {described['name']} (seed {seed}) -> {out_dir}")
+    print(f"student {student.name} by {described['name']} (teacher seed {teacher_config.seed}, seed {seed}) -> {out_dir}")
     return out_dir
 
 
@@ -235,9 +240,12 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
     method = config.method_name
     tags = {"dataset": actual.name, "method": method, "network": config.network, "seed": config.seed,
             "role": config.get("role"), "kdci": str(config.is_kdci).lower(), "weights_sha256": config.weights_sha256}
+    cell = f"seed{config.seed}"
     if config.pair is not None:  # a student: which teacher it learnt from
-        tags.update(pair=config.pair, teacher_weights_sha256=config["teacher"]["sha256"])
-    with _tracked(f"evaluate-{method}-seed{config.seed}", "evaluate", tags, track) as tracker:
+        tags.update(pair=config.pair, teacher_weights_sha256=config["teacher"]["sha256"],
+                    teacher_seed=config.teacher_seed)
+        cell = f"teacher{config.teacher_seed}-{cell}"
+    with _tracked(f"evaluate-{method}-{cell}", "evaluate", tags, track) as tracker:
         test = dataset.split("test")
         metrics = accuracy(model.to(target), test, actual.num_classes, target, batch_size)
         if isinstance(model, DeconfoundedStudent):
@@ -250,6 +258,8 @@ def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset
             tracker.log_metrics({"test/intervention_off_top1": off["top1"]})
         metrics.update({"model": str(model_dir), "role": config.get("role"), "method": method,
                         "network": config.network, "seed": config.seed})
+        if config.pair is not None:
+            metrics["teacher_seed"] = config.teacher_seed
         write_metrics(metrics_path, metrics)
         _tag_metrics_file(tracker, metrics_path)
         tracker.log_metrics({"test/top1": metrics["top1"], "test/top5": metrics["top5"]})

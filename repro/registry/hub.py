@@ -117,15 +117,17 @@ def stage_folder(model_dir: Path, repo_id: str, out_dir: Path, metrics_dir: Path
 
 
 def _cell(config: artefact.ArtefactRecord, metrics_dir: Path):
-    """The pipeline cell (baseline method, seed) a student belongs to, with its metrics paths."""
+    """The pipeline cell (baseline method, teacher seed, seed) a student belongs to, with its metrics paths."""
     from repro.pipeline.runset import run_for
 
-    return run_for(config.base_method, config.seed or 0, metrics=metrics_dir)
+    return run_for(config.base_method, config.teacher_seed or 0, config.seed or 0, metrics=metrics_dir)
 
 
 def _metrics_of(model_dir: Path, config: artefact.ArtefactRecord, metrics_dir: Path) -> dict[str, Any]:
     if config.role == "teacher":
-        path = metrics_dir / "teacher.json"
+        from repro.pipeline.runset import teacher_metrics
+
+        path = teacher_metrics(config.seed or 0, metrics_dir)
     else:
         cell = _cell(config, metrics_dir)
         path = {"kdci": cell.kdci_metrics, "control": cell.control_metrics}.get(config.arm, cell.baseline_metrics)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from repro import reproducible
 from repro.errors import UserError
 
 
@@ -68,9 +69,13 @@ def platform_record(device: torch.device | None = None) -> dict[str, Any]:
     """What decides the last bits of a result besides code, config and seed: CPU model, the instruction
     set torch dispatches to, thread count, torch / MKL / oneDNN versions (and the GPU when one ran it).
     The same code and seed gave a different digits teacher on another x86-64 CPU, so every artefact and
-    MLflow run names the platform that produced it."""
+    MLflow run names the platform that produced it, and whether reproducible mode
+    (:mod:`repro.reproducible`) pinned the kernels: ``reproducible`` (bool), ``pins`` (the pin and
+    thread variables in force, ``NAME=VALUE`` separated by spaces) and, when the mode is off or came
+    too late, ``reproducible_note``. ``cpu_capability`` is what torch actually dispatches to."""
     record = {"machine": platform.machine(), "cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, **_library_versions()}
+              "threads": torch.get_num_threads(), "torch": torch.__version__, **_library_versions(),
+              **reproducible.status(threads_in_use=torch.get_num_threads())}
     if device is not None and device.type == "cuda":
         record.update(gpu=torch.cuda.get_device_name(device), cuda=str(torch.version.cuda))
     return record

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,8 @@ def accuracy(model: nn.Module, dataset: Dataset, num_classes: int, device: torch
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    """Write a DVC metrics JSON (sorted keys, so reruns give identical files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    """Write a DVC metrics JSON (sorted keys, so reruns give identical files), atomically: a failed
+    write keeps the previous file."""
+    from repro.io import write_json_atomically
+
+    write_json_atomically(path, metrics)
