@@ -354,18 +354,18 @@ def test_cli_imports_through_the_gin_dataset_and_publish_accepts_it(tmp_path: Pa
         return fake_split()
 
     monkeypatch.setattr(CIFAR10, "_load_split", fake_cifar_split)
-    monkeypatch.chdir(tmp_path)  # publish reads metrics/teacher.json relative to the project
+    monkeypatch.chdir(tmp_path)  # publish reads metrics/teachers/seed<T>.json relative to the project
     source_model = zju_model("wrn16_1")
     source = save_zju(source_model, tmp_path / "cifar10_wrn16_1.pth", prefix="module.")
     code = cli.main(["import-teacher", str(source), "--arch", "wrn16_1", "--dataset", "cifar10",
-                     "--out", "models/teacher", "--expected-top1", str(reference_top1(source_model)),
-                     "--data-root", str(tmp_path / "cifar"), "--metrics", "metrics/teacher.json"])
+                     "--out", "models/teachers/seed0", "--expected-top1", str(reference_top1(source_model)),
+                     "--data-root", str(tmp_path / "cifar"), "--metrics", "metrics/teachers/seed0.json"])
     assert code == 0, capsys.readouterr().err
     assert opened == [str(tmp_path / "cifar")]
-    operative = (tmp_path / "models/teacher" / artefact.GIN_FILE).read_text()
+    operative = (tmp_path / "models/teachers/seed0" / artefact.GIN_FILE).read_text()
     assert "CIFAR10.root" in operative and repr(str(tmp_path / "cifar")) in operative
     assert "import_teacher.dataset = %DATASET" in operative
-    assert cli.main(["publish", "--repo-id", "org/imported-teacher", "--model", "models/teacher", "--dry-run",
+    assert cli.main(["publish", "--repo-id", "org/imported-teacher", "--model", "models/teachers/seed0", "--dry-run",
                      "--out", "hub", "--no-track"]) == 0, capsys.readouterr().err
     card = (tmp_path / "hub" / "org--imported-teacher" / "README.md").read_text()
     assert "teacher" in card and "imported" in card

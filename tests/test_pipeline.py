@@ -220,7 +220,7 @@ def test_mlflow_server_lists_the_runs_over_rest(mlflow_server) -> None:
 
     _, runs = _pipeline_runs(mlflow_server)
     stages = sorted(_tag(run, "stage") for run in runs)
-    assert stages == ["distill"] * 12 + ["evaluate"] * 12 + ["pipeline", "teacher"]
+    assert stages == ["distill"] * 12 + ["evaluate"] * 12 + ["pipeline", "teacher", "teacher"]
     with urllib.request.urlopen(mlflow_server + "/", timeout=20) as response:
         assert response.status == 200 and b"<html" in response.read().lower()
 
