@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import torch
 from torch import nn
 
 from repro import io
@@ -33,6 +36,7 @@ CONFIG_FILE, WEIGHTS_FILE, GIN_FILE = "config.json", "model.safetensors", "opera
 # config.json's own keys; any other top-level key is the settings of a head (see register_head).
 RECORD_KEYS = frozenset({"format_version", "role", "architecture", "data", "dataset", "method", "seed", "files",
                          "teacher", "imported_from", "platform"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtefactRecord(Mapping[str, Any]):
@@ -223,12 +227,103 @@ def read_config(artefact_dir: Path) -> ArtefactRecord:
         version = config.get("format_version") if isinstance(config, dict) else None
         raise UserError(f"{config_path} has format_version {version!r}, expected "
                         f"{FORMAT_VERSION}: it was not written by this version of repro")
-    architecture, data, files = config.get("architecture"), config.get("data"), config.get("files")
-    if not (isinstance(architecture, dict) and isinstance(architecture.get("name"), str) and isinstance(data, dict)
-            and isinstance(files, dict)):
-        raise UserError(f"{config_path} lacks a valid architecture, data or files record: the artefact is damaged; "
-                        "re-run the stage that wrote it or pull it again")
+    _check_record(config, config_path)
+    _check_file_list(config["files"], config_path, artefact_dir)
     return ArtefactRecord(config)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(count: int, positive: bool) -> tuple[Callable[[Any], bool], str]:
+    """A check for a list of ``count`` finite (positive) numbers, and how the message describes it."""
+    def check(value: Any) -> bool:
+        return (isinstance(value, list) and len(value) == count
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                        and (x > 0 or not positive) for x in value))
+    return check, f"a list of {count} {'positive' if positive else 'finite'} number{'s' * (count != 1)} (one per channel)"
+
+
+_OBJECT, _STRING = (lambda v: isinstance(v, dict), "an object"), (lambda v: isinstance(v, str), "a string")
+_COUNT = (lambda v: _is_int(v) and v > 0, "a positive integer")
+_SEED = (lambda v: v is None or _is_int(v), "an integer or null")
+# Every field a consumer reads: (dotted name, (check, what is expected), required). A field below an
+# optional one that is absent is not checked.
+_FIELDS = (
+    ("architecture", _OBJECT, True), ("architecture.name", _STRING, True), ("architecture.kwargs", _OBJECT, False),
+    ("data", _OBJECT, True), ("data.name", _STRING, True), ("data.num_classes", _COUNT, True),
+    ("data.channels", _COUNT, True), ("data.image_size", _COUNT, True), ("files", _OBJECT, True),
+    ("role", (lambda v: v is None or v in ("teacher", "student"), "'teacher' or 'student'"), False),
+    ("seed", _SEED, False), ("method", _OBJECT, False), ("method.name", _STRING, False), ("method.base", _OBJECT, False),
+    ("dataset", _OBJECT, False), ("platform", _OBJECT, False), ("imported_from", _OBJECT, False),
+    ("teacher", _OBJECT, False), ("teacher.architecture", _OBJECT, False), ("teacher.architecture.name", _STRING, False),
+    ("teacher.sha256", _STRING, False), ("teacher.seed", _SEED, False),
+)
+_DAMAGED = "the artefact is damaged; re-run the stage that wrote it or pull it again"
+
+
+def _field_error(config_path: Path, field: str, value: Any, expected: str) -> UserError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return UserError(f"{config_path} {field} is {shown}, expected {expected}: {_DAMAGED}")
+
+
+def _check_record(config: dict[str, Any], config_path: Path) -> None:
+    """Refuse a config.json whose fields have the wrong type, naming the first such field (a wrong
+    type would otherwise surface as a traceback, or as a wrong value in a report, far from its cause)."""
+    for field, (check, expected), required in _FIELDS:
+        *parents, key = field.split(".")
+        record: Any = config
+        for parent in parents:
+            record = record.get(parent) if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            continue  # an absent optional parent (a wrong-typed one was refused above)
+        if key not in record:
+            if required:
+                raise UserError(f"{config_path} lacks a valid architecture, data or files record (no field "
+                                f"{field!r}): {_DAMAGED}")
+            continue
+        if not check(record[key]):
+            raise _field_error(config_path, f"field {field!r}", record[key], expected)
+    channels = config["data"]["channels"]
+    for key, positive in (("mean", False), ("std", True)):
+        check, expected = _numbers(channels, positive)
+        if not check(config["data"].get(key)):
+            raise _field_error(config_path, f"field 'data.{key}'", config["data"].get(key), expected)
+
+
+def _check_file_list(files: dict[str, Any], config_path: Path, artefact_dir: Path) -> None:
+    """Every name config.json vouches for is a file directly inside the artefact, with a sha256 digest:
+    the list decides what is hashed, loaded and published, so ``../`` or an absolute path in it
+    would make repro read, or upload, a file from elsewhere."""
+    for name, digest in files.items():
+        if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise UserError(f"{config_path} field 'files' entry {name!r} is not a file name inside {artefact_dir}: "
+                            "refusing an artefact that points outside itself; re-run the stage that wrote it or "
+                            "pull it again from a source you trust")
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise _field_error(config_path, f"field 'files' entry {name!r}", digest,
+                               "a sha256 digest (64 lowercase hex characters)")
+    if WEIGHTS_FILE not in files:
+        raise UserError(f"{config_path} field 'files' has no {WEIGHTS_FILE!r} digest: {_DAMAGED}")
+
+
+def _check_weights(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], weights_path: Path,
+                   role: str) -> None:
+    """Refuse weights of another dtype than the network's (float32 parameters; a silent cast would hide
+    a foreign file) and NaN/inf weights (a teacher's would show up later as the student's divergence)."""
+    retyped = sorted(name for name in expected if weights[name].dtype != expected[name].dtype)
+    if retyped:
+        name = retyped[0]
+        raise UserError(f"{weights_path} holds {name!r} as {str(weights[name].dtype).removeprefix('torch.')}, "
+                        f"expected {str(expected[name].dtype).removeprefix('torch.')} ({len(retyped)} tensors of "
+                        "another dtype): the weights were converted or replaced; re-run the stage that wrote them")
+    for name in sorted(weights):
+        tensor = weights[name]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            fix = "re-train or re-import the teacher" if role == "teacher" else "re-run the stage that wrote it"
+            raise UserError(f"{weights_path} holds NaN/inf in {name!r}: {fix}")
 
 
 def load_artefact(artefact_dir: Path) -> tuple[nn.Module, ArtefactRecord]:
@@ -279,6 +374,7 @@ def load_artefact(artefact_dir: Path) -> tuple[nn.Module, ArtefactRecord]:
         raise UserError(f"weights in {weights_path} do not fit architecture {architecture['name']!r} ({len(missing)} "
                         f"tensors missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape, e.g. "
                         f"{example!r}): the config and weights come from different models") from None
+    _check_weights(weights, expected, weights_path, config.role)
     model.load_state_dict(weights, strict=True)
     for key, settings in heads.items():
         if _HEADS[key].attach is not None:

@@ -7,10 +7,11 @@ Every hyperparameter lives in gin. Bad input ends with one ``error:`` line and e
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from repro import reproducible
 from repro.errors import UserError
@@ -51,15 +52,35 @@ def _train_teacher(args: argparse.Namespace) -> None:
         from repro.pipeline import cells, runset
 
         params = runset.read_params(Path(args.params))
+        if params["teacher"] != "train":  # params.yaml imports a benchmark teacher instead of training one
+            from repro.registry import import_teacher
+
+            import_teacher.import_for_params(params, teacher_seed=args.teacher_seed, extra_files=[Path(f) for f in args.gin],
+                                             bindings=args.bind)
+            return
         cells.train_teachers(params, teacher_seed=args.teacher_seed, extra_files=[Path(f) for f in args.gin],
                              bindings=args.bind, checkpoint_root=Path(args.checkpoint_dir), track=not args.no_track)
         return
     if not args.out or not args.metrics:
         raise UserError("train-teacher needs --out DIR and --metrics FILE (or --params params.yaml)")
+    _check_metrics_destinations([args.metrics])
     _configured(args)
     from repro.pipeline import stages
 
     stages.train_teacher(Path(args.out), Path(args.metrics), Path(args.checkpoint_dir), not args.no_track)
+
+
+def _check_params(args: argparse.Namespace) -> None:
+    from repro.pipeline import check, runset
+
+    params = runset.read_params(Path(args.params))
+    if params["teacher"] != "train":  # the import's network and expected top-1, before DVC removes the teacher
+        from repro.registry import import_teacher
+
+        import_teacher.check_choice(params, check.GinFacts(params, Path("gin")).dataset, Path(args.params))
+    if args.out:
+        check.write_record(params, Path(args.out))
+    print(check.summary(params, Path(args.params), Path(args.out) if args.out else None))
 
 
 def _import_teacher(args: argparse.Namespace) -> None:
@@ -97,14 +118,26 @@ def _distill(args: argparse.Namespace) -> None:
                         checkpoint_root=Path(args.checkpoint_dir), track=not args.no_track)
 
 
+def _check_metrics_destinations(paths: Sequence[str]) -> None:
+    """Every --metrics file can be written: checked before the first model is trained or evaluated."""
+    from repro import io
+
+    for path in paths:
+        io.check_file_destination(Path(path), "--metrics")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
+    _check_metrics_destinations(args.metrics)
     _configured(args)
     from repro.pipeline import stages
 
     pairs = list(zip(args.model, args.metrics))
-    for reference in args.from_hub:  # pull (verified), evaluate, and compare with the card's number
+    if args.from_hub:  # every reference and destination is checked before the first pull writes anything
         from repro.registry import hub
 
+        for reference in args.from_hub:
+            hub.repo_folder(Path(args.hub_dir), hub.split_reference(reference)[0])
+    for reference in args.from_hub:  # pull (verified), evaluate, and compare with the card's number
         folder = hub.pull(reference, Path(args.hub_dir))
         measured = stages.evaluate(folder, folder.parent / f"{folder.name}.evaluated.json", not args.no_track)
         card = hub.card_metrics(folder)["top1"]
@@ -130,15 +163,18 @@ def _publish(args: argparse.Namespace) -> None:
     else:
         from repro.pipeline.runset import read_params, runs, teacher_dir
 
-        hub.split_reference(args.repo_id)
+        hub.validate_repo_id(args.repo_id)
         params = read_params(Path(args.params))
         targets = [(teacher_dir(t), f"{args.repo_id}-teacher{t}") for t in params["teacher_seeds"]]
         for run in runs(params):
             cell = f"teacher{run.teacher_seed}-seed{run.seed}"
             targets += [(run.baseline_dir, f"{args.repo_id}-{run.method}-{cell}"),
                         (run.kdci_dir, f"{args.repo_id}-{run.method}-kdci-{cell}")]
-    for model_dir, repo_id in targets:
-        out = Path(args.out) / repo_id.replace("/", "--")
+    if args.revision is not None:
+        hub.validate_revision(args.revision, branch=True)
+    fix = hub.ID_FIX if args.model else f"shorten or correct the --repo-id prefix {args.repo_id!r}"
+    outs = [hub.repo_folder(Path(args.out), hub.validate_repo_id(repo_id, fix)) for _, repo_id in targets]
+    for (model_dir, repo_id), out in zip(targets, outs):  # checked above: no upload before every id passed
         published = hub.publish(model_dir, repo_id, revision=args.revision, private=args.private,
                                 dry_run=args.dry_run, out_dir=out)
         if not args.dry_run and not args.no_track:
@@ -245,8 +281,52 @@ def _names(args: argparse.Namespace) -> None:
     print("gin configurables (torch): " + ", ".join(sorted({s.rsplit(".", 1)[-1] for s in selectors if s.startswith("torch.optim")})))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value ends like every other refusal: one ``error:`` line and exit
+    status 2 (argparse prints its usage block first). Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _integer(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _seed(text: str) -> int:
+    """--seed / --teacher-seed: an integer from 0 to MAX_SEED, as params.yaml's seeds and --bind SEED."""
+    from repro.config import MAX_SEED
+
+    value = _integer(text)
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: give an integer from 0 to {MAX_SEED}, e.g. 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    """A count of steps: an integer > 0."""
+    value = _integer(text)
+    if value is None or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer: give a count such as 3")
+    return value
+
+
+def _percent(text: str) -> float:
+    """Top-1 points: a finite number from 0 to 100 (float() alone lets nan and inf through)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 100:  # false for nan as well
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of top-1 points from 0 to 100, e.g. 2.0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repro", description="KDCI reproduction: data-free KD pipeline stages.")
+    parser = _Parser(prog="repro", description="KDCI reproduction: data-free KD pipeline stages.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     teacher = verbs.add_parser("train-teacher", help="train the teacher on the real training split")
@@ -256,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--checkpoint-dir", default="checkpoints", help="where resume state is kept")
     teacher.add_argument("--params", default=None, help="train every teacher params.yaml lists (experiment, profile, "
                          "teacher_seeds) into models/teachers/seed<T>, instead of --gin/--out/--metrics")
-    teacher.add_argument("--teacher-seed", type=int, default=None, help="with --params: only this teacher seed")
+    teacher.add_argument("--teacher-seed", type=_seed, default=None, help="with --params: only this teacher seed")
     teacher.set_defaults(run=_train_teacher, gin_names=True)
 
     imported = verbs.add_parser("import-teacher", help="convert a zju-vipa CMI / Fast-Datafree pretrained teacher "
@@ -265,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--arch", required=True, help="repro network the file holds (`repro names`), e.g. wrn40_2")
     imported.add_argument("--dataset", required=True, help="cifar10 or cifar100 (gin/data/<name>.gin)")
     imported.add_argument("--out", default=None, help="artefact folder to write (default models/imported/<dataset>_<arch>)")
-    imported.add_argument("--expected-top1", type=float, default=None, help="test top-1 (%%) the teacher should reach "
+    imported.add_argument("--expected-top1", type=_percent, default=None, help="test top-1 (%%) the teacher should reach "
                           "(default: the benchmark's figure for resnet34 / wrn40_2; required for other networks)")
-    imported.add_argument("--tolerance", type=float, default=None,
+    imported.add_argument("--tolerance", type=_percent, default=None,
                           help="points below the expected top-1 still accepted (default 2.0)")
     imported.add_argument("--data-root", default=None, help="folder holding the torchvision CIFAR files (default data)")
     imported.add_argument("--metrics", default=None, help="metrics JSON to write (metrics/teachers/seed0.json lets "
@@ -282,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--params", default=None, help="distil every cell of --method params.yaml lists (each "
                          "teacher seed x seed) into models/<arm>/<method>/teacher<T>-seed<S>, in this process")
     distill.add_argument("--method", default=None, help="with --params: gin/methods/<method>.gin")
-    distill.add_argument("--teacher-seed", type=int, default=None, help="with --params: only this teacher seed")
-    distill.add_argument("--seed", type=int, default=None, help="with --params: only this student seed (SEED)")
+    distill.add_argument("--teacher-seed", type=_seed, default=None, help="with --params: only this teacher seed")
+    distill.add_argument("--seed", type=_seed, default=None, help="with --params: only this student seed (SEED)")
     distill.add_argument("--kdci", action="store_true", help="with --params: wrap the method in KDCI (gin/kdci.gin)")
     distill.add_argument("--control", action="store_true", help="with --params: wrap the method in KDCI's "
                          "capacity-matched control (gin/kdci_control.gin: the same head, an uninformative dictionary)")
@@ -372,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the dataset's ResNet-34 -> ResNet-18 pair)")
     bench.add_argument("--methods", nargs="+", default=["dafl", "deepinv", "cmi", "fast", "mosaickd", "dfnd"],
                        help="with --profile: methods to bench")
-    bench.add_argument("--steps", type=int, default=3, help="with --profile: student steps timed per method")
-    bench.add_argument("--synthesis-steps", type=int, default=2,
+    bench.add_argument("--steps", type=_positive, default=3, help="with --profile: student steps timed per method")
+    bench.add_argument("--synthesis-steps", type=_positive, default=2,
                        help="with --profile: optimisation steps per timed synthesis round (the full round is projected)")
     bench.set_defaults(run=_bench, gin_names=True)
 
@@ -395,6 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", default="reports", help="folder that receives verify.md and verify.json")
     check.add_argument("--strict", action="store_true", help="exit 1 unless every cell is identical")
     check.set_defaults(run=_verify)
+
+    checked = verbs.add_parser("check-params", help="validate all of params.yaml (DVC's first stage: a bad value stops "
+                               "the pipeline before DVC removes any output)")
+    checked.add_argument("--params", default="params.yaml", help="the parameters file to check")
+    checked.add_argument("--out", default=None, help="write the checked parameters as JSON (what the stages depend on)")
+    checked.set_defaults(run=_check_params)
 
     names = verbs.add_parser("names", help="list registered networks and gin configurables")
     names.set_defaults(run=_names, gin_names=True)

@@ -100,3 +100,34 @@ def test_bad_values_are_rejected_with_the_setting_named() -> None:
     config.parse([EXPERIMENTS[0], METHODS[0], PROFILES[0]], ["student/Trainer.batch_size = 0"])
     with gin.config_scope("student"), pytest.raises(UserError, match="batch_size = 0"):
         Trainer()
+
+
+def test_a_file_included_twice_is_not_a_loop(tmp_path: Path) -> None:
+    """Two files may include the same one (every experiment includes gin/base.gin); only a circle is refused."""
+    shared = tmp_path / "shared.gin"
+    shared.write_text("SEED = 3\n")
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.gin").write_text(f"include '{shared}'\n")
+    config.parse([EXPERIMENTS[0], tmp_path / "a.gin", tmp_path / "b.gin"])
+    assert gin.query_parameter("%SEED") == 3
+    (tmp_path / "c.gin").write_text(f"include '{tmp_path / 'a.gin'}'\ninclude '{tmp_path / 'c.gin'}'\n")
+    with pytest.raises(UserError, match=r"include each other in a loop \(.*c\.gin -> .*c\.gin\)"):
+        config.parse([tmp_path / "c.gin"])
+
+
+@pytest.mark.parametrize("seed, accepted", [(0, True), (config.MAX_SEED, True), (config.MAX_SEED + 1, False),
+                                            (-1, False), ("'0'", False), (2.0, False)])
+def test_seed_range_is_params_yaml_rule(seed, accepted: bool) -> None:
+    bindings = [f"SEED = {seed}"]
+    if accepted:
+        config.parse(EXPERIMENTS[:1], bindings)
+        assert gin.query_parameter("%SEED") == seed
+    else:
+        with pytest.raises(UserError, match=r"^SEED = .* is not a seed: bind an integer from 0 to 4294967295"):
+            config.parse(EXPERIMENTS[:1], bindings)
+
+
+def test_every_shipped_seed_is_valid() -> None:
+    """The seed check reads every binding named seed/*_seed: the shipped files (and the sweep's seeds) pass."""
+    config.parse([EXPERIMENTS[1], REPO / "gin/methods/deepinv.gin", REPO / "gin/kdci.gin", PROFILES[0],
+                  REPO / "gin/shift_sweep.gin", REPO / "gin/ablations.gin"])

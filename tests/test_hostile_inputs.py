@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from support.cli_errors import assert_one_line_error, run_main, snapshot
+from support.cli_errors import Outcome, assert_one_line_error, run_main, snapshot
 
 EXPERIMENT = ["--gin", "gin/experiments/digits.gin"]
 SMOKE = ["--gin", "gin/profiles/smoke.gin"]
@@ -107,6 +107,25 @@ GIN_CASES = {
     "infinite generator learning rate": (["generator/Adam.lr = 1e400"], "learning rate inf is invalid"),
     "batch size 0": (["student/Trainer.batch_size = 0"], "Trainer.batch_size = 0 is invalid"),
     "synthesis batch 0": (["GenerativeDFKD.synthesis_batch_size = 0"], "synthesis_batch_size must be positive"),
+    # Seeds follow params.yaml's rule (0 to 2**32 - 1): torch wraps -1 silently and fails deep on the others.
+    "seed not a number": (["SEED = 'x'"], "SEED = 'x' is not a seed: bind an integer from 0 to 4294967295"),
+    "fractional seed": (["SEED = 1.5"], "SEED = 1.5 is not a seed"),
+    "seed beyond 64 bits": (["SEED = 1180591620717411303424"], "SEED = 1180591620717411303424 is not a seed"),
+    "negative seed": (["SEED = -1"], "SEED = -1 is not a seed"),
+    "boolean seed": (["SEED = True"], "SEED = True is not a seed"),
+    "negative seed bound to the stage": (["distill.seed = -1"], "distill.seed = -1 is not a seed"),
+    "negative seed through another macro": (["MY_SEED = -3", "distill.seed = %MY_SEED"], "MY_SEED = -3 is not a seed"),
+    "negative data split seed": (["Digits.split_seed = -2"], "Digits.split_seed = -2 is not a seed"),
+    "unknown device": (["student/Trainer.device = 'tpu'"], "device 'tpu' is not one repro runs on"),
+    "device as a number": (["student/Trainer.device = 3"], "device 3 is not one repro runs on"),
+    "absent CUDA device": (["student/Trainer.device = 'cuda:99'"], "device 'cuda:99' requested but"),
+    "negative substitution sample": (["distill.substitution_sample_size = -5"],
+                                     "distill.substitution_sample_size = -5 is invalid: bind an integer >= 0"),
+    "negative grid interval": (["distill.substitution_grid_every = -1"], "distill.substitution_grid_every = -1 is invalid"),
+    "boolean epochs": (["student/Trainer.epochs = True"], "Trainer.epochs = True is invalid"),
+    "fractional epochs": (["DISTILL_EPOCHS = 1.5"], "Trainer.epochs = 1.5 is invalid"),
+    "negative steps": (["STUDENT_STEPS = -10"], "Trainer.steps_per_epoch = -10 is invalid"),
+    "zero monitor interval": (["student/Trainer.monitor_every = 0"], "Trainer.monitor_every = 0 is invalid"),
 }
 
 
@@ -173,6 +192,166 @@ def test_evaluation_batch_0(ws: Workspace, teacher_dir: Path, capfd, monkeypatch
     outcome = run_main(["evaluate", *EXPERIMENT, *_binds("evaluate.batch_size = 0"), *ws.evaluate(teacher_dir)],
                        capfd, monkeypatch)
     assert_one_line_error(outcome, "evaluate.batch_size = 0")
+
+
+# ---------------------------------------------------------------- gin files that cannot be used
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def _include_loop(folder: Path) -> tuple[Path, str]:
+    first, second = folder / "a.gin", folder / "b.gin"
+    _write(first, f"include '{second}'\n")
+    _write(second, f"SEED = 1\ninclude '{first}'\n")
+    return first, f"gin files include each other in a loop ({first} -> {second} -> {first}): remove one of these"
+
+
+def _includes_itself(folder: Path) -> tuple[Path, str]:
+    path = _write(folder / "self.gin", f"include '{folder / 'self.gin'}'\n")
+    return path, f"include each other in a loop ({path} -> {path})"
+
+
+def _missing_include(folder: Path) -> tuple[Path, str]:
+    path = _write(folder / "a.gin", f"SEED = 1\ninclude '{folder / 'gone.gin'}'\n")
+    return path, f"gin file {folder / 'gone.gin'} (included by {path}, line 2) does not exist: fix the include line"
+
+
+def _a_folder(folder: Path) -> tuple[Path, str]:
+    path = folder / "profile.gin"
+    path.mkdir()
+    _write(path / "smoke.gin", "SEED = 1\n")
+    return path, f"gin file {path} is a folder, not a file: pass a .gin file, e.g. {path}/smoke.gin"
+
+
+def _not_utf8(folder: Path) -> tuple[Path, str]:
+    path = _write(folder / "latin1.gin", "SEED = 1\n# caf\u00e9\n".encode("latin-1"))
+    return path, f"gin file {path} is not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8"
+
+
+def _includes_a_non_utf8_file(folder: Path) -> tuple[Path, str]:
+    included, _ = _not_utf8(folder)
+    path = _write(folder / "a.gin", f"include '{included}'\n")
+    return path, f"gin file {included} (included by {path}, line 1) is not UTF-8 text"
+
+
+GIN_FILE_CASES = {"include loop": _include_loop, "file including itself": _includes_itself,
+                  "missing include": _missing_include, "folder given as a file": _a_folder,
+                  "non-UTF-8 bytes": _not_utf8, "included file not UTF-8": _includes_a_non_utf8_file}
+
+
+@pytest.mark.parametrize("case", list(GIN_FILE_CASES))
+def test_unusable_gin_file(case: str, ws: Workspace, teacher_dir: Path, tmp_path: Path, capfd, monkeypatch) -> None:
+    path, fragment = GIN_FILE_CASES[case](tmp_path)
+    outcome = run_main(["distill", *_method("dafl"), "--gin", path, *ws.distill(teacher_dir)], capfd, monkeypatch)
+    assert_one_line_error(outcome, fragment)
+    ws.unchanged()
+
+
+def _without_root_file_access() -> None:
+    """In the child: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so even root
+    meets file permissions after exec (tests here run as root)."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def test_unreadable_gin_file_in_a_real_process(ws: Workspace, teacher_dir: Path, tmp_path: Path) -> None:
+    """Permissions 000 in a real process (no monkeypatching): the error says the file cannot be read
+    and why; gin alone would suggest checking the spelling."""
+    import os
+
+    locked = _write(tmp_path / "locked.gin", "SEED = 1\n")
+    locked.chmod(0)
+    probe = subprocess.run(["cat", str(locked)], capture_output=True, check=False, preexec_fn=_without_root_file_access)
+    if probe.returncode == 0:
+        pytest.skip("this process cannot give up root's file access (no CAP_SETPCAP)")
+    env = {k: v for k, v in os.environ.items() if k != "REPRO_DEBUG"}
+    result = subprocess.run([sys.executable, "-m", "repro.cli", "distill", *_method("dafl"), "--gin", str(locked),
+                             *[str(a) for a in ws.distill(teacher_dir)]], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300, check=False, preexec_fn=_without_root_file_access)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines == [(f"error: gin file {locked} cannot be read (Permission denied): make it readable "
+                      f"(e.g. chmod u+r {locked}) or pass another file")]
+    ws.unchanged()
+
+
+# ---------------------------------------------------------------- a profile meant for another dataset
+
+PAPER = ["--gin", "gin/profiles/paper-cifar10.gin"]
+PROFILE_CASES = {  # every verb that parses an experiment refuses paper-cifar10 budgets on digits
+    "train-teacher": lambda ws, teacher: ["train-teacher", *EXPERIMENT, *PAPER, "--out", ws.out, "--metrics", ws.metrics,
+                                          "--checkpoint-dir", ws.checkpoints, "--no-track"],
+    "distill": lambda ws, teacher: ["distill", *EXPERIMENT, "--gin", "gin/methods/dafl.gin", *PAPER, *ws.distill(teacher)],
+    "evaluate": lambda ws, teacher: ["evaluate", *EXPERIMENT, *PAPER, *ws.evaluate(teacher)],
+    "bench": lambda ws, teacher: ["bench", *EXPERIMENT, "--gin", "gin/methods/dafl.gin", "--gin", "gin/kdci.gin", *PAPER,
+                                  "--gin", "gin/bench.gin"],
+    "bench --profile --experiment": lambda ws, teacher: ["bench", "--profile", "paper-cifar10", "--experiment", "digits",
+                                                         "--methods", "dafl"],
+}
+
+
+@pytest.mark.parametrize("case", list(PROFILE_CASES))
+def test_paper_profile_on_digits(case: str, ws: Workspace, teacher_dir: Path, capfd, monkeypatch) -> None:
+    outcome = run_main(PROFILE_CASES[case](ws, teacher_dir), capfd, monkeypatch)
+    assert_one_line_error(outcome, "profile 'paper-cifar10' is for cifar10 experiments but", "is 'digits'")
+    ws.unchanged()
+
+
+def test_evaluation_on_an_unknown_device(ws: Workspace, teacher_dir: Path, capfd, monkeypatch) -> None:
+    outcome = run_main(["evaluate", *EXPERIMENT, *_binds("evaluate.device = 'gpu'"), *ws.evaluate(teacher_dir)],
+                       capfd, monkeypatch)
+    assert_one_line_error(outcome, "device 'gpu' is not one repro runs on", "evaluate.device", "'cuda:<index>'")
+    ws.unchanged()
+
+
+# ---------------------------------------------------------------- numbers on the command line
+
+def _run_command_line(argv: list[str], capfd, monkeypatch) -> Outcome:
+    """``run_main``, also when argparse refuses the command line: it exits instead of returning."""
+    try:
+        return run_main(argv, capfd, monkeypatch)
+    except SystemExit as exited:
+        out, err = capfd.readouterr()
+        return Outcome(exited.code, out, [line for line in err.splitlines() if line.strip()])
+
+
+IMPORT = ["import-teacher", "pretrained/none.pth", "--arch", "wrn40_2", "--dataset", "cifar10"]
+CLI_NUMBER_CASES = {
+    "negative --seed": (["distill", "--params", "{params}", "--method", "dafl", "--seed", "-1"],
+                        "argument --seed: '-1' is not a seed: give an integer from 0 to 4294967295"),
+    "fractional --seed": (["distill", "--params", "{params}", "--method", "dafl", "--seed", "1.5"], "'1.5' is not a seed"),
+    "negative --teacher-seed (distill)": (["distill", "--params", "{params}", "--method", "dafl", "--teacher-seed", "-2"],
+                                          "argument --teacher-seed: '-2' is not a seed"),
+    "negative --teacher-seed (train-teacher)": (["train-teacher", "--params", "{params}", "--teacher-seed", "-1"],
+                                                "argument --teacher-seed: '-1' is not a seed"),
+    "huge --teacher-seed": (["train-teacher", "--params", "{params}", "--teacher-seed", str(2**70)], "is not a seed"),
+    "--teacher-seed not in params.yaml": (["train-teacher", "--params", "{params}", "--teacher-seed", "7"],
+                                          "--teacher-seed 7 is not one of params.yaml's teacher_seeds [0, 1]"),
+    "bench --steps 0": (["bench", "--profile", "paper-cifar10", "--steps", "0"], "argument --steps: '0' is not a positive"),
+    "bench --synthesis-steps x": (["bench", "--profile", "paper-cifar10", "--synthesis-steps", "x"],
+                                  "argument --synthesis-steps: 'x' is not a positive integer"),
+    "--tolerance nan": ([*IMPORT, "--tolerance", "nan"], "argument --tolerance: 'nan' is not a number of top-1 points"),
+    "--expected-top1 inf": ([*IMPORT, "--expected-top1", "inf"], "argument --expected-top1: 'inf' is not a number"),
+    "unknown flag": (["distill", "--sed", "1"], "unrecognized arguments: --sed 1", "`repro --help` lists"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_NUMBER_CASES))
+def test_bad_number_on_the_command_line(case: str, tmp_path: Path, capfd, monkeypatch) -> None:
+    argv, *fragments = CLI_NUMBER_CASES[case]
+    params = _write(tmp_path / "params.yaml", PARAMS + "teacher_seeds: [0, 1]\n")
+    watched = [REPO / "models", REPO / "metrics", REPO / "checkpoints"]
+    before = [snapshot(folder) if folder.is_dir() else {} for folder in watched]
+    outcome = _run_command_line([arg.format(params=params) for arg in argv], capfd, monkeypatch)
+    assert_one_line_error(outcome, *fragments)
+    assert [snapshot(folder) if folder.is_dir() else {} for folder in watched] == before
 
 
 # ---------------------------------------------------------------- params.yaml

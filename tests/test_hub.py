@@ -15,6 +15,7 @@ from repro import artefact, config, io
 from repro.errors import UserError
 from repro.pipeline import stages
 from repro.registry.card import CARD_FILE, read_card_checksums
+from support.cli_errors import assert_one_line_error, run_main, snapshot
 from support.hub_server import FakeHub
 
 
@@ -22,7 +23,7 @@ from support.hub_server import FakeHub
 def _classic_upload_flow(monkeypatch, tmp_path):
     # Xet uploads bypass the server's LFS endpoints (stack notes); the cache is per test.
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    import huggingface_hub.constants as constants
+    from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
@@ -239,3 +240,201 @@ def test_offline_pull_serves_the_cache_and_explains_a_miss(published_run: Path, 
     assert (folder / "model.safetensors").read_bytes() == (tmp_path / "online/lab--cached/model.safetensors").read_bytes()
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
         hubmod.pull("lab/never-pulled", tmp_path / "x", endpoint=hub.endpoint, cache_dir=tmp_path / "cache", backoff=0)
+
+
+# -- Hub ids and revisions are names, never paths (issue 14) -------------------------------------------
+# Through `repro.cli.main` in this process; the FakeHub accepts any branch name (as a hostile or broken
+# endpoint might), so the refusals below are the client's own.
+
+SMOKE_GIN = ["--gin", REPO / "gin/experiments/digits.gin", "--gin", REPO / "gin/profiles/smoke.gin"]
+BAD_IDS = {
+    "parent-org": "../x",
+    "parent-name": "org/..",
+    "dot-name": "org/.",
+    "three-parts": "a/b/c",
+    "no-org": "name-only",
+    "over-length": "org/" + "n" * 97,
+    "newline": "org/na\nme",
+    "tab": "org/na\tme",
+    "space": "org/a b",
+    "empty": "",
+    "empty-name": "org/",
+    "non-ascii": "org/nämé",
+}
+BAD_REVISIONS = {
+    "parent-path": "../../../../x", "dot-dot": "..", "dot-dot-inside": "a..b", "leading-slash": "/main",
+    "trailing-slash": "main/", "double-slash": "a//b", "backslash": "a\\b", "space": "a b", "newline": "a\nb",
+    "tilde": "a~1", "caret": "a^2", "colon": "a:b", "question": "a?", "star": "a*", "bracket": "a[0]", "at": "@",
+    "leading-dash": "-x", "lock-suffix": "x.lock", "leading-dot": ".hidden", "dot-part": "a/.b", "trailing-dot": "x.",
+    "non-ascii": "brånch", "over-length": "x" * 256, "empty": "",
+}
+
+
+@pytest.fixture()
+def cli_hub(hub: FakeHub, tmp_path: Path, monkeypatch) -> FakeHub:
+    """The in-process CLI talks to ``hub`` and caches under tmp_path/hf (the cache path is read at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf/hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return hub
+
+
+def _tree(root: Path) -> tuple[dict[str, str], set[str]]:
+    """Every file's digest and every folder under ``root``: an empty folder counts as a write too."""
+    return snapshot(root), {str(path.relative_to(root)) for path in root.rglob("*") if path.is_dir()}
+
+
+def _refused(argv: list, hub: FakeHub, root: Path, capfd, monkeypatch, *fragments: str) -> str:
+    """Run ``repro ARGV``: one ``error:`` line naming ``fragments``, no Hub request, nothing under root."""
+    before, requests = _tree(root), len(hub.requests)
+    line = assert_one_line_error(run_main(argv, capfd, monkeypatch), *fragments)
+    assert hub.requests[requests:] == [] and _tree(root) == before
+    return line
+
+
+def _verb(verb: str, root: Path, model: Path, repo_id: str = "lab/x", revision: str | None = None) -> list:
+    if verb == "publish":
+        return ["publish", "--model", model, f"--repo-id={repo_id}", "--no-track", "--out", root / "out",
+                *([f"--revision={revision}"] if revision is not None else [])]
+    reference = repo_id if revision is None else f"{repo_id}@{revision}"
+    if verb == "pull":
+        return ["pull", reference, "--out", root / "models/hub"]
+    return ["evaluate", *SMOKE_GIN, f"--from-hub={reference}", "--hub-dir", root / "models/hub", "--no-track"]
+
+
+@pytest.mark.parametrize("case", BAD_IDS)
+@pytest.mark.parametrize("verb", ["publish", "pull", "evaluate"])
+def test_bad_hub_id_is_refused(verb: str, case: str, cli_hub: FakeHub, teacher_dir: Path, tmp_path: Path, capfd,
+                               monkeypatch) -> None:
+    (tmp_path / "work").mkdir()
+    bad = BAD_IDS[case]
+    _refused(_verb(verb, tmp_path / "work", teacher_dir, repo_id=bad), cli_hub, tmp_path, capfd, monkeypatch,
+             repr(bad), "is not a Hub model id", "write ORG/NAME")
+
+
+@pytest.mark.parametrize("case", BAD_REVISIONS)
+@pytest.mark.parametrize("verb", ["publish", "pull", "evaluate"])
+def test_bad_revision_is_refused(verb: str, case: str, cli_hub: FakeHub, teacher_dir: Path, tmp_path: Path, capfd,
+                                 monkeypatch) -> None:
+    (tmp_path / "work").mkdir()
+    bad = BAD_REVISIONS[case]
+    _refused(_verb(verb, tmp_path / "work", teacher_dir, revision=bad), cli_hub, tmp_path, capfd, monkeypatch,
+             f"revision {bad!r}", "is not a branch", "give a branch")
+
+
+def test_publish_refuses_a_commit_sha_as_its_branch(cli_hub: FakeHub, teacher_dir: Path, tmp_path: Path, capfd,
+                                                    monkeypatch) -> None:
+    _refused(_verb("publish", tmp_path, teacher_dir, revision="a" * 40), cli_hub, tmp_path, capfd, monkeypatch,
+             "a commit sha cannot receive commits")
+
+
+def test_publish_to_a_path_revision_is_refused(published_run: Path, cli_hub: FakeHub, tmp_path: Path, capfd,
+                                               monkeypatch) -> None:
+    from repro.registry import hub as hubmod
+
+    model = published_run / "models/students/dafl/teacher0-seed0"
+    _refused(["publish", "--model", model, "--repo-id", "lab/attack", "--revision", "../../../../x", "--no-track"],
+             cli_hub, tmp_path, capfd, monkeypatch, "'../../../../x'", "contains '..'")
+    with pytest.raises(UserError, match=r"revision '\.\./\.\./\.\./\.\./x' is not a branch name"):
+        _publish(published_run, "students", "lab/attack", cli_hub.endpoint, revision="../../../../x")
+    with pytest.raises(UserError, match="is not a Hub model id"):  # the library entry point checks as well
+        hubmod.publish(model, "lab/x@main", dry_run=True, out_dir=tmp_path / "out")
+    assert cli_hub.requests == [] and not (tmp_path / "out").exists()
+
+
+def test_pull_of_a_path_revision_changes_nothing_outside_out(published_run: Path, cli_hub: FakeHub, tmp_path: Path,
+                                                             capfd, monkeypatch) -> None:
+    from huggingface_hub import HfApi
+
+    from repro.registry import hub as hubmod
+
+    # A branch named like a path, served by a hostile endpoint: the cache would write refs/<revision>,
+    # i.e. tmp_path/victim, with the commit sha (huggingface_hub does not check revisions itself).
+    revision = "../../../../victim"
+    staged = hubmod.stage_folder(published_run / "models/students/dafl/teacher0-seed0", "lab/attack",
+                                 tmp_path / "staged", published_run / "metrics", published_run / "none.json")
+    api = HfApi(endpoint=cli_hub.endpoint, token=False)
+    api.create_repo("lab/attack")
+    api.create_branch("lab/attack", branch=revision)
+    api.upload_folder(repo_id="lab/attack", folder_path=str(staged), revision=revision)
+    shutil.rmtree(staged)
+    (tmp_path / "victim").write_text("precious\n")
+    _refused(["pull", f"lab/attack@{revision}", "--out", tmp_path / "models/hub"], cli_hub, tmp_path, capfd,
+             monkeypatch, repr(revision), "is not a branch, tag or commit name")
+    assert (tmp_path / "victim").read_text() == "precious\n"
+    with pytest.raises(UserError, match="is not a branch, tag or commit name"):
+        hubmod.load_student(f"lab/attack@{revision}", endpoint=cli_hub.endpoint, models_dir=tmp_path / "m")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "hf").exists()
+
+
+def test_evaluate_checks_every_reference_before_the_first_pull(published_run: Path, cli_hub: FakeHub,
+                                                               tmp_path: Path, capfd, monkeypatch) -> None:
+    _publish(published_run, "students", "lab/good", cli_hub.endpoint)
+    _refused(["evaluate", *SMOKE_GIN, "--from-hub", "lab/good", "--from-hub", "lab/x@../../x", "--hub-dir",
+              tmp_path / "pulled", "--no-track"], cli_hub, tmp_path, capfd, monkeypatch, "'../../x'")
+
+
+def test_composed_publish_ids_are_checked_before_any_upload(cli_hub: FakeHub, tmp_path: Path, capfd,
+                                                            monkeypatch) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text()) | {"teacher_seeds": [0], "seeds": [0],
+                                                                    "methods": ["dafl"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    # ORG/<86 characters>-teacher0 fits the Hub's 96, ORG/<86>-dafl-teacher0-seed0 does not.
+    prefix = "org/" + "p" * 86
+    line = _refused(["publish", "--repo-id", prefix, "--params", tmp_path / "params.yaml", "--out", tmp_path / "out",
+                     "--no-track"], cli_hub, tmp_path, capfd, monkeypatch,
+                    f"{prefix}-dafl-teacher0-seed0", "the Hub allows 96", "shorten or correct the --repo-id prefix")
+    assert "106 characters" in line
+    _refused(["publish", "--repo-id", "org/name-", "--params", tmp_path / "params.yaml", "--dry-run", "--out",
+              tmp_path / "out", "--no-track"], cli_hub, tmp_path, capfd, monkeypatch, "'org/name-'")
+
+
+def test_pull_refuses_a_destination_that_links_outside_out(published_run: Path, cli_hub: FakeHub, tmp_path: Path,
+                                                           capfd, monkeypatch) -> None:
+    _publish(published_run, "students", "lab/linked", cli_hub.endpoint)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine\n")
+    out = tmp_path / "models/hub"
+    out.mkdir(parents=True)
+    (out / "lab--linked").symlink_to(elsewhere, target_is_directory=True)
+    _refused(["pull", "lab/linked", "--out", out], cli_hub, tmp_path, capfd, monkeypatch,
+             "lab--linked resolves to", f"outside {out}")
+    _refused(["evaluate", *SMOKE_GIN, "--from-hub", "lab/linked", "--hub-dir", out, "--no-track"], cli_hub, tmp_path,
+             capfd, monkeypatch, "lab--linked resolves to")
+    assert (elsewhere / "keep.txt").read_text() == "mine\n" and (out / "lab--linked").is_symlink()
+
+
+def test_a_card_naming_a_path_is_refused(published_run: Path, hub: FakeHub, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi
+
+    from repro.registry import hub as hubmod
+
+    _publish(published_run, "students", "lab/evilcard", hub.endpoint)
+    card = hub.files("lab/evilcard")[CARD_FILE].decode()
+    (tmp_path / CARD_FILE).write_text(card.replace("checksums:\n", "checksums:\n  ../../outside.json: '0'\n", 1))
+    HfApi(endpoint=hub.endpoint).upload_file(path_or_fileobj=str(tmp_path / CARD_FILE), path_in_repo=CARD_FILE,
+                                             repo_id="lab/evilcard")
+    with pytest.raises(UserError, match=r"lists '\.\./\.\./outside\.json', not a file name"):
+        hubmod.pull("lab/evilcard", tmp_path / "models", endpoint=hub.endpoint, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.parametrize("revision", ["v1.0", "feature/x", "sha"])
+def test_branch_tag_and_sha_revisions_still_work(revision: str, published_run: Path, cli_hub: FakeHub,
+                                                 tmp_path: Path, capfd, monkeypatch) -> None:
+    branch = "main" if revision == "sha" else revision
+    published = _publish(published_run, "kdci", "lab/good.model_1", cli_hub.endpoint, revision=branch)
+    assert published["revision"] == cli_hub.commits("lab/good.model_1")[-1]
+    reference = f"lab/good.model_1@{published['revision'] if revision == 'sha' else revision}"
+    pulled = run_main(["pull", reference, "--out", tmp_path / "models/hub"], capfd, monkeypatch)
+    assert pulled.code == 0, pulled.stderr_lines
+    assert (tmp_path / "models/hub/lab--good.model_1/confounder_dictionary.safetensors").is_file()
+    if revision == "feature/x":  # evaluate --from-hub takes the same references
+        evaluated = run_main(["evaluate", *SMOKE_GIN, "--from-hub", reference, "--hub-dir", tmp_path / "again",
+                              "--no-track"], capfd, monkeypatch)
+        assert evaluated.code == 0, evaluated.stderr_lines
+        assert "matches the card's" in evaluated.stdout

@@ -115,6 +115,19 @@ def test_pinned_revisions_and_branches(hub, tmp_path):
     assert hub.files(REPO)["config.json"] == b"v2" and hub.files(REPO, first)["config.json"] == b"v1"
 
 
+@pytest.mark.parametrize("branch", ["feature/x", "v1.0"])
+def test_branch_names_with_slashes_and_dots(hub, tmp_path, branch):
+    # The client quotes a branch into one URL segment ("feature%2Fx"); the fake must decode it whole.
+    api = HfApi(endpoint=hub.endpoint, token=False)
+    api.create_repo(REPO)
+    api.create_branch(REPO, branch=branch)
+    oid = api.upload_file(path_or_fileobj=b"v", path_in_repo="config.json", repo_id=REPO, revision=branch).oid
+    assert ("POST", f"/api/models/{REPO}/commit/{branch.replace('/', '%2F')}") in hub.requests
+    assert api.repo_info(REPO, revision=branch).sha == oid == hub.commits(REPO)[-1]
+    assert _snapshot(hub, tmp_path / "c", revision=branch)["config.json"] == b"v"
+    assert "config.json" not in hub.files(REPO)  # main is untouched
+
+
 def test_errors_map_to_client_exceptions(hub, tmp_path):
     api = HfApi(endpoint=hub.endpoint, token=False)
     with pytest.raises(RepositoryNotFoundError):

@@ -274,3 +274,43 @@ def test_mlflow_ui_shows_the_pipeline_its_stage_runs_and_a_substitution_grid(mlf
     assert any('src="blob:' in image for image in images), "the grid image was not shown"
     for shot in ("mlflow-ui-runs.png", "mlflow-ui-pipeline-run.png", "mlflow-ui-substitution-grid.png"):
         assert (shots / shot).stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_a_refused_params_yaml_stops_dvc_before_it_removes_anything(tmp_path: Path) -> None:
+    """DVC removes a stage's outputs before its command runs: stage `params` (repro check-params) runs
+    first and refuses, so the teachers and the metrics of the last good run stay, byte for byte."""
+    from support.cli_errors import snapshot
+
+    project = tmp_path / "project"
+    project.mkdir()
+    _clone_work_tree(project)
+    good = ("experiment: digits\nprofile: smoke\nteacher_seeds: [0]\nseeds: [0]\nmethods: [dafl]\nstudy: false\n"
+            "launcher: \"\"\nteacher: train\n")
+    (project / "params.yaml").write_text(good)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "REPRO_PIPELINE_RUN")}
+    env["DVC_NO_ANALYTICS"] = "1"
+
+    def repro(*targets: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["dvc", "repro", *targets], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    first = repro("evaluate")  # params, teacher, distill/kdci/control@dafl, evaluate
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    kept = {folder: snapshot(project / folder) for folder in ("models/teachers", "metrics")}
+    assert any(name.startswith("students/") for name in kept["metrics"]) and "seed0/model.safetensors" in kept["models/teachers"]
+    bad = {  # profile for another dataset: the teacher stage would re-run; `methods: []`: stage evaluate would
+        "profile: paper-cifar10": ("profile 'paper-cifar10' is for cifar10 experiments",),
+        "methods: []": ("methods must be a non-empty list",),
+    }
+    for change, fragments in bad.items():
+        key = change.split(":")[0]
+        (project / "params.yaml").write_text(re.sub(rf"^{key}: .*$", change, good, flags=re.M))
+        refused = repro()
+        assert refused.returncode != 0
+        assert "Running stage 'params'" in refused.stdout and refused.stdout.count("Running stage") == 1, refused.stdout
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and all(fragment in errors[0] for fragment in fragments), refused.stderr
+        assert {folder: snapshot(project / folder) for folder in kept} == kept, change
+    (project / "params.yaml").write_text(good)  # back to the good parameters: nothing to redo
+    again = repro("evaluate")
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout

@@ -1,12 +1,10 @@
 """The MLflow record a reviewer audits: pipeline parent runs, substitution-data artefacts, per-epoch
-loss terms, tracking that turns itself off on a bad store, and `repro audit`."""
+loss terms and `repro audit` (faulty stores: tests/test_tracking_faults.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -228,35 +226,7 @@ def test_image_grid_denormalises_with_the_data_spec(tmp_path) -> None:
     assert summary["proportions"] == [0.5, 0.25, 0.0, 0.25] and summary["tv_to_uniform"] == pytest.approx(0.25)
 
 
-# --- 3. a locked or unreachable store turns tracking off, the stage still writes ---------------------
-
-@pytest.fixture(params=["locked-sqlite", "closed-port"])
-def unusable_store(request, tmp_path):
-    if request.param == "closed-port":
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        yield f"http://127.0.0.1:{port}"  # nothing listens there any more
-        return
-    path = tmp_path / "locked.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE held (x)")
-    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
-    holder.execute("BEGIN EXCLUSIVE")  # another connection holds the whole database
-    yield f"sqlite:///{path}"
-    holder.close()
-
-
-def test_unusable_store_turns_tracking_off_and_the_stage_still_writes(unusable_store, teacher_dir, tmp_path,
-                                                                       monkeypatch, capsys) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", unusable_store)
-    monkeypatch.setenv(tracking.PIPELINE_ENV, "off-test")
-    out = _distill(teacher_dir, tmp_path / "student", track=True, files=[DIGITS, REPO / "gin/methods/dafl.gin",
-                                                                          SMOKE_PROFILE])
-    said = [line for line in capsys.readouterr().out.splitlines() if "tracking is off" in line]
-    assert len(said) == 1 and unusable_store in said[0], said
-    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
-
+# --- 3. a store that cannot be used or fails mid-run: tests/test_tracking_faults.py ---------------------
 
 # --- 4. repro audit -----------------------------------------------------------------------------------
 

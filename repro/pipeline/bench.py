@@ -25,7 +25,7 @@ from repro import config, reproducible
 from repro.errors import UserError
 from repro.kdci.dictionary import build_dictionary
 from repro.methods.base import DFKDMethod
-from repro.pipeline import runset, stages
+from repro.pipeline import check, runset, stages
 from repro.train.device import resolve_device, seed_everything
 
 
@@ -56,6 +56,7 @@ def bench_kdci_overhead(baseline: DFKDMethod = gin.REQUIRED, wrapped: DFKDMethod
     with ``pin_check``, also :func:`repro.reproducible.compare_pinned` under ``reproducible_mode``."""
     target = resolve_device(device)
     spec = dataset.spec  # shapes only: no split is opened
+    stages.check_profile(spec.name)
     seed_everything(0)
     teacher = teacher_network.build(num_classes=spec.num_classes, in_channels=spec.channels)
     student = student_network.build(num_classes=spec.num_classes, in_channels=spec.channels)
@@ -179,6 +180,10 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
     if not datasets:
         raise UserError(f"profile {profile!r} names no dataset (profile_scope.datasets): bench it with --gin files instead")
     dataset = datasets[0]
+    if experiment is not None:  # FakeImages below take the profile's shape, so check the experiment's own dataset
+        own = check.GinFacts({"experiment": experiment, "profile": profile}, gin_root).dataset
+        if own is not None and not check.fits_profile(datasets, own):
+            raise UserError(check.profile_scope_message(profile, datasets, own, f"--experiment {experiment}'s dataset"))
     experiment = experiment or f"{dataset}_resnet34-resnet18"
     fake = ["DATASET = @FakeImages()", f"FakeImages.like = '{dataset}'", "POOL = @DatasetPool()",
             "DatasetPool.dataset = @pool/FakeImages()", f"pool/FakeImages.like = '{dataset}'",

@@ -19,6 +19,9 @@ def train_teachers(params: Mapping[str, Any], *, teacher_seed: int | None = None
     """Train the teacher of every ``teacher_seeds`` entry (or only ``teacher_seed``) into
     ``models/teachers/seed<T>``, its metrics into ``metrics/teachers/seed<T>.json``."""
     seeds = [s for s in params["teacher_seeds"] if teacher_seed is None or s == teacher_seed]
+    if not seeds:  # else a mistyped --teacher-seed trains nothing and says nothing
+        raise UserError(f"--teacher-seed {teacher_seed} is not one of params.yaml's teacher_seeds "
+                        f"{params['teacher_seeds']}: pick one of them, or add it to teacher_seeds")
     results = []
     for seed in seeds:
         config.parse([*runset.gin_files(params), *extra_files], [f"SEED = {seed}", *bindings])

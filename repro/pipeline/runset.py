@@ -13,12 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import yaml
-
-from repro.errors import UserError
-
-REQUIRED = ("experiment", "profile", "methods", "seeds")
-
+from repro.pipeline import check
 
 ARMS = ("students", "kdci", "control")  # folders of the three arms under models/ and metrics/
 
@@ -71,57 +66,10 @@ def teacher_metrics(seed: int, metrics: Path = Path("metrics")) -> Path:
     return metrics / "teachers" / f"seed{seed}.json"
 
 
-def _available(folder: Path) -> str:
-    return ", ".join(sorted(p.stem for p in folder.glob("*.gin"))) or "nothing"
-
-
 def read_params(path: Path, gin_root: Path = Path("gin")) -> dict[str, Any]:
-    """Load and validate params.yaml: every named experiment, profile and method must have its gin file."""
-    try:
-        params = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}," if mark is not None else ""
-        raise UserError(f"cannot read {path} ({type(exc).__name__} at{where} {str(exc).splitlines()[0]}): "
-                        "fix params.yaml") from None
-    if not isinstance(params, dict):
-        raise UserError(f"{path} is not a mapping of parameters: see README, Profiles and parameters")
-    for key in REQUIRED:
-        if key not in params:
-            raise UserError(f"{path} has no {key!r}: add it (see README, Profiles and parameters)")
-    methods, seeds = params["methods"], params["seeds"]
-    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
-        raise UserError(f"{path}: methods must be a non-empty list of names, e.g. [dafl, deepinv], not {methods!r}")
-    if len(set(methods)) != len(methods):
-        raise UserError(f"{path}: methods {methods} lists a method twice: list each once")
-    # bool is an int in Python: `seeds: [yes]` must not become seed 1.
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise UserError(f"{path}: seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2], not {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"{path}: seeds {seeds} lists a seed twice: list each once")
-    for key in ("experiment", "profile"):
-        if not isinstance(params[key], str):
-            raise UserError(f"{path}: {key} must be one name, e.g. {key}: {'digits' if key == 'experiment' else 'smoke'}, "
-                            f"not {params[key]!r}")
-    if "teacher_seed" in params:
-        raise UserError(f"{path}: teacher_seed is now a list, teacher_seeds: e.g. teacher_seeds: [0, 1] "
-                        "(every student seed is paired with every teacher)")
-    teacher_seeds = params.get("teacher_seeds", [0])
-    if (not isinstance(teacher_seeds, list) or not teacher_seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in teacher_seeds)
-            or len(set(teacher_seeds)) != len(teacher_seeds)):
-        raise UserError(f"{path}: teacher_seeds must be a non-empty list of distinct integers >= 0, e.g. [0, 1], "
-                        f"not {teacher_seeds!r}")
-    params["teacher_seeds"] = teacher_seeds
-    checks = [("experiment", gin_root / "experiments", [params["experiment"]]),
-              ("profile", gin_root / "profiles", [params["profile"]]),
-              ("methods", gin_root / "methods", params["methods"])]
-    for key, folder, names in checks:
-        for name in names:
-            if not (folder / f"{name}.gin").is_file():
-                raise UserError(f"{path}: {key} {name!r} has no {folder}/{name}.gin; available: {_available(folder)}")
-    return params
+    """Load and validate params.yaml (all of it: :func:`repro.pipeline.check.read_params`, the same
+    check DVC's first stage runs): every named experiment, profile and method must have its gin file."""
+    return check.read_params(path, gin_root)
 
 
 def run_for(method: str, teacher_seed: int, seed: int, models: Path = Path("models"),

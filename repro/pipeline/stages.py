@@ -7,17 +7,19 @@ or the evaluation, writes one artefact or metrics file, and records one MLflow r
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import gin
 import torch
 
-from repro import artefact
+from repro import artefact, io
 from repro.config import fingerprint, flat_bindings
 from repro.data.datasets import RealDataset
 from repro.errors import UserError
@@ -25,7 +27,7 @@ from repro.kdci.model import DeconfoundedStudent
 from repro.methods.base import DFKDMethod
 from repro.methods.supervised import Supervised
 from repro.nets.spec import NetSpec
-from repro.pipeline import diagnose
+from repro.pipeline import check, diagnose
 from repro.pipeline.substitution_views import SubstitutionGrids, log_class_proportions
 from repro.tracking.runs import command_line, git_provenance, open_tracker
 from repro.train import distributed
@@ -52,16 +54,37 @@ def profile_scope(datasets: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]
 def check_profile(dataset: str) -> None:
     """Refuse a profile meant for another dataset, e.g. paper-cifar100 budgets on the digits pair."""
     allowed = profile_scope()
-    if allowed and dataset not in allowed:
-        profile = run_tags()["profile"]
-        raise UserError(f"profile {profile!r} is for {'/'.join(allowed)} experiments but this experiment's dataset is "
-                        f"{dataset!r}: also set the experiment, e.g. dvc exp run -S experiment={allowed[0]}_resnet34-resnet18 "
-                        f"-S profile={profile} (gin/experiments/{allowed[0]}_*.gin)")
+    if not check.fits_profile(allowed, dataset):  # the rule and message `repro check-params` applies to params.yaml
+        raise UserError(check.profile_scope_message(run_tags()["profile"], allowed, dataset))
 
 
 def _checkpoint_path(checkpoint_root: Path, out_dir: Path) -> Path:
     relative = Path(*[part for part in out_dir.parts if part not in ("/", "..")])
     return checkpoint_root / relative / "last.pt"
+
+
+Result = TypeVar("Result")
+
+
+def _holding_outputs(stage: Callable[..., Result]) -> Callable[..., Result]:
+    """Run a training ``stage`` holding its output folder and its checkpoint folder: a second process
+    given the same ``--out`` (or another spelling that maps to the same checkpoint folder) is refused
+    at once, naming this one's pid, instead of training into the same files. Under torchrun, rank 0
+    (the rank that writes) holds them."""
+    signature = inspect.signature(stage)
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> Result:
+        if not distributed.is_main():
+            return stage(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out_dir, checkpoint_root = Path(bound.arguments["out_dir"]), Path(bound.arguments["checkpoint_root"])
+        artefact.check_output_folder(out_dir)  # a user's folder (`--out ~`) is refused before a lock is put beside it
+        with io.exclusive(out_dir, "output folder", "--out"), \
+                io.exclusive(_checkpoint_path(checkpoint_root, out_dir).parent, "checkpoint folder", "--checkpoint-dir"):
+            return stage(*args, **kwargs)
+    return run
 
 
 @contextlib.contextmanager
@@ -112,11 +135,13 @@ def _register(tracker: Tracker, out_dir: Path, seed: int) -> None:
         "weights_sha256": sha, "seed": str(seed), "artefact": str(out_dir)}, alias=alias)
 
 
+@_holding_outputs
 @gin.configurable(denylist=["out_dir", "metrics_path", "checkpoint_root", "track"])
 def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True,
                   *, dataset: RealDataset = gin.REQUIRED, network: NetSpec = gin.REQUIRED, seed: int = 0) -> dict:
     """Train the teacher on the real training split; save it and its test metrics."""
     artefact.check_output_folder(out_dir)
+    io.check_file_destination(metrics_path, "metrics file")  # before training, not after it
     seed_everything(seed)
     spec = dataset.spec
     check_profile(spec.name)
@@ -147,6 +172,17 @@ def train_teacher(out_dir: Path, metrics_path: Path, checkpoint_root: Path = Pat
     return metrics
 
 
+def _check_substitution_settings(sample_size: Any, grid_every: Any) -> None:
+    """Counts gin cannot type-check: a negative one would silently record nothing."""
+    for name, value, example in (("substitution_sample_size", sample_size, 2048), ("substitution_grid_every", grid_every, 1)):
+        if value is None and name == "substitution_grid_every":  # None: about four grids per run
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UserError(f"distill.{name} = {value!r} is invalid: bind an integer >= 0 (0 records none), "
+                            f"e.g. --bind distill.{name}={example}")
+
+
+@_holding_outputs
 @gin.configurable(denylist=["teacher_dir", "out_dir", "checkpoint_root", "track"])
 def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True, *,
             method: DFKDMethod = gin.REQUIRED, student: NetSpec = gin.REQUIRED, seed: int = 0,
@@ -161,6 +197,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     ``substitution_grid_every``: log a grid of substitution images every that many epochs and at the
     last (None: about four grids per run; 0: none).
     """
+    _check_substitution_settings(substitution_sample_size, substitution_grid_every)
     artefact.check_output_folder(out_dir)
     teacher, teacher_config = artefact.load_artefact(teacher_dir)
     spec = teacher_config.data
@@ -223,8 +260,10 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
 def evaluate(model_dir: Path, metrics_path: Path, track: bool = True, *, dataset: RealDataset = gin.REQUIRED,
              batch_size: int = 512, device: str = "auto") -> dict:
     """Top-1/top-5/per-class accuracy of an artefact on the real test split -> DVC metrics JSON."""
+    io.check_file_destination(metrics_path, "metrics file")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise UserError(f"evaluate.batch_size = {batch_size!r} is invalid: it must be a positive integer")
+    check_profile(dataset.spec.name)  # as train_teacher and distill do: paper budgets on digits are a mistake
     model, config = artefact.load_artefact(model_dir)
     recorded, actual = config.data, dataset.spec
     if (recorded.name, recorded.num_classes, recorded.channels, recorded.image_size) != (

@@ -10,7 +10,10 @@ repository holds exactly the local artefact (``config.json``, ``model.safetensor
 Safety: only ``*.json``, ``*.safetensors``, ``*.gin`` and ``README.md`` are ever downloaded (no
 pickles); every downloaded file is checked against the card's checksums and config.json's digests
 before it is copied into ``models/``; the copy is made under a temporary name and renamed, so an
-interrupted pull leaves nothing half-written. The token comes from ``HF_TOKEN`` or the Hub's own
+interrupted pull leaves nothing half-written. Repository ids and revisions are names, never paths: they
+are validated (:func:`split_reference`, :func:`validate_repo_id`, :func:`validate_revision`) before any
+Hub call or local write, and a pulled model is only ever placed inside the folder the command names
+(:func:`repo_folder`). The token comes from ``HF_TOKEN`` or the Hub's own
 login (``hf auth login``) through huggingface_hub, and is never printed, logged or written.
 """
 
@@ -18,11 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from repro import artefact, io
 from repro.errors import UserError
@@ -44,12 +49,108 @@ def _endpoint(endpoint: str | None) -> str:
     return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
+# What the Hub allows in a repository name (huggingface_hub's validator enforces the same 96).
+NAME_LIMIT = 96
+# A revision is a branch or tag name or a commit sha, never a path: a conservative subset of git's
+# ref-name rules (``git check-ref-format``), checked before huggingface_hub writes ``refs/<revision>``
+# into its cache (stack notes: a revision with ``../`` writes outside it).
+_REVISION_CHARS = re.compile(r"[A-Za-z0-9._/-]+")
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+REVISION_LIMIT = 255  # a ref is a file under .git/refs: one path component's worth
+ID_FIX = f"write ORG/NAME (ASCII letters, digits, '-', '_', '.'; NAME at most {NAME_LIMIT} characters)"
+_REF_NAME = "(letters, digits, '.', '_', '-', parts joined by single '/')"
+
+
+def _repo_id_problem(repo_id: str) -> str | None:
+    """Why ``repo_id`` is not an ``ORG/NAME`` we can use, or None."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
+
+    if not repo_id:
+        return "it is empty"
+    if any(char.isspace() or not char.isprintable() for char in repo_id):
+        return "it contains whitespace or a control character"
+    parts = repo_id.split("/")
+    if len(parts) != 2:
+        return f"it has {len(parts) - 1} '/', ORG/NAME has exactly one"
+    if any(part in ("", ".", "..") for part in parts):
+        return "ORG and NAME must be names, not empty, '.' or '..'"
+    if len(parts[1]) > NAME_LIMIT:
+        return f"NAME is {len(parts[1])} characters, the Hub allows {NAME_LIMIT}"
+    try:
+        hub_validate_repo_id(repo_id)
+    except HFValidationError as exc:  # the rules the Hub itself applies (characters, '--', '..', '.git')
+        return str(exc).replace(f": '{repo_id}'", "").rstrip(".")
+    return None
+
+
+def validate_repo_id(repo_id: str, fix: str = ID_FIX) -> str:
+    """``repo_id`` if it is a usable ``ORG/NAME``; otherwise a :class:`UserError` naming it and ``fix``."""
+    problem = _repo_id_problem(repo_id)
+    if problem:
+        raise UserError(f"{repo_id!r} is not a Hub model id ({problem}): {fix}")
+    return repo_id
+
+
+def _revision_problem(revision: str) -> str | None:
+    """Why ``revision`` is not a branch, tag or commit name, or None."""
+    if not revision:
+        return "it is empty"
+    if len(revision) > REVISION_LIMIT:
+        return f"it is {len(revision)} characters, at most {REVISION_LIMIT}"
+    if not _REVISION_CHARS.fullmatch(revision):
+        bad = sorted({char for char in revision if not _REVISION_CHARS.fullmatch(char)})
+        return f"it contains {', '.join(map(repr, bad))}"
+    if ".." in revision:
+        return "it contains '..'"
+    if revision.startswith("-"):
+        return "it starts with '-'"
+    parts = revision.split("/")
+    if "" in parts:
+        return "it starts or ends with '/' or contains '//'"
+    if any(part.startswith(".") or part.endswith((".", ".lock")) for part in parts):
+        return "a part starts with '.' or ends with '.' or '.lock'"
+    return None
+
+
+def validate_revision(revision: str, branch: bool = False, where: str = "") -> str:
+    """``revision`` if it is a branch or tag name (or, unless ``branch``, a 40-hex commit sha);
+    otherwise a :class:`UserError`. Never a path: it is checked before any Hub call or cache write."""
+    problem = _revision_problem(revision)
+    if problem is None and branch and _COMMIT_SHA.fullmatch(revision):
+        problem = "a commit sha cannot receive commits"
+    if problem:
+        kind, fix = (("a branch", f"give a branch name {_REF_NAME}") if branch else
+                     ("a branch, tag or commit", f"give a branch or tag name {_REF_NAME} or a 40-hex commit sha"))
+        raise UserError(f"revision {revision!r}{where} is not {kind} name ({problem}): {fix}")
+    return revision
+
+
 def split_reference(reference: str) -> tuple[str, str | None]:
-    """``ORG/NAME[@REVISION]`` -> (repo id, revision or None)."""
-    repo_id, _, revision = reference.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise UserError(f"{reference!r} is not a Hub model id: write ORG/NAME or ORG/NAME@REVISION")
+    """``ORG/NAME[@REVISION]`` -> (repo id, revision or None), both validated."""
+    repo_id, at, revision = reference.partition("@")
+    validate_repo_id(repo_id, f"{ID_FIX}, optionally followed by @REVISION")
+    if at:
+        validate_revision(revision, where=f" in {reference!r}")
     return repo_id, revision or None
+
+
+def _partial(folder: Path) -> Path:
+    """The sibling a folder is assembled in before it is renamed into place."""
+    return folder.with_name(f".{folder.name}.partial")
+
+
+def repo_folder(root: Path, repo_id: str) -> Path:
+    """``root/<ORG>--<NAME>``, where a repository is placed locally; refused (before anything is
+    written) unless it and its partial sibling resolve inside ``root``, e.g. through a link."""
+    folder = Path(root) / validate_repo_id(repo_id).replace("/", "--")
+    base = Path(root).resolve()
+    for path in (folder, _partial(folder)):
+        resolved = path.resolve()
+        if resolved == base or not resolved.is_relative_to(base):
+            raise UserError(f"{path} resolves to {resolved}, outside {root}: remove that link or choose another "
+                            "output folder; nothing was written")
+    return folder
 
 
 def _hub_call(action: str, call: Callable[[], T], endpoint: str, repo_id: str, attempts: int = 3,
@@ -99,7 +200,7 @@ def stage_folder(model_dir: Path, repo_id: str, out_dir: Path, metrics_dir: Path
     model_dir = Path(model_dir)
     config = artefact.read_config(model_dir)
     artefact.load_artefact(model_dir)  # refuses incomplete or corrupt artefacts before anything is staged
-    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    partial = _partial(out_dir)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     for name in [artefact.CONFIG_FILE, *config["files"]]:  # every file config.json vouches for
@@ -156,10 +257,13 @@ def publish(model_dir: Path, repo_id: str, *, revision: str | None = None, priva
     """Stage ``model_dir`` as a Hub repository and (unless ``dry_run``) upload it.
 
     Returns ``{"repo_id", "revision" (commit sha), "folder"}``; with ``dry_run`` the folder is kept at
-    ``out_dir`` (default ``hub/<ORG>--<NAME>``) and nothing is sent.
+    ``out_dir`` (default ``hub/<ORG>--<NAME>``) and nothing is sent. The id and the revision (a branch)
+    are checked before anything is written or sent.
     """
-    split_reference(repo_id)
-    folder = Path(out_dir) if out_dir else Path("hub") / repo_id.replace("/", "--")
+    validate_repo_id(repo_id)
+    if revision is not None:
+        validate_revision(revision, branch=True)
+    folder = Path(out_dir) if out_dir else repo_folder(Path("hub"), repo_id)
     if not dry_run:
         folder = Path(tempfile.mkdtemp(prefix="kdci-publish-")) / repo_id.replace("/", "--")
     stage_folder(model_dir, repo_id, folder, metrics_dir, results_path)
@@ -189,17 +293,18 @@ def publish(model_dir: Path, repo_id: str, *, revision: str | None = None, priva
 def pull(reference: str, models_dir: Path = Path("models/hub"), *, endpoint: str | None = None,
          token: str | None = None, cache_dir: Path | None = None, backoff: float = 1.0) -> Path:
     """Download ``ORG/NAME[@REVISION]`` (cached; ``HF_HUB_OFFLINE`` honoured), verify every file, and
-    place it at ``models_dir/<ORG>--<NAME>`` (replaced as a whole). Returns that folder."""
+    place it at ``models_dir/<ORG>--<NAME>`` (replaced as a whole). Returns that folder. The reference and
+    the destination are checked before any Hub call or local write."""
     from huggingface_hub import snapshot_download
 
     repo_id, revision = split_reference(reference)
+    target = repo_folder(Path(models_dir), repo_id)
     url = _endpoint(endpoint)
     snapshot = Path(_hub_call("pull", lambda: snapshot_download(
         repo_id, revision=revision, allow_patterns=ALLOWED_PATTERNS, cache_dir=cache_dir, endpoint=url,
         token=token), url, repo_id, backoff=backoff))
     verify_folder(snapshot, reference)
-    target = Path(models_dir) / repo_id.replace("/", "--")
-    partial = target.with_name(f".{target.name}.partial")
+    partial = _partial(target)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
@@ -226,6 +331,8 @@ def verify_folder(folder: Path, reference: str) -> dict[str, Any]:
     if not checksums:
         raise UserError(f"{reference}: its card lists no checksums; refusing files that cannot be verified")
     for name, expected in checksums.items():
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:  # a card is remote input
+            raise UserError(f"{reference}: its card lists {name!r}, not a file name of the repository; refusing it")
         path = folder / name
         if not path.exists():
             raise UserError(f"{reference}: {name} listed in the card was not downloaded; pull again")

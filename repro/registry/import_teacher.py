@@ -22,7 +22,7 @@ import dataclasses
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gin
 import torch
@@ -140,17 +140,18 @@ FAMILIES: dict[str, Callable[[nn.Module], KeyMapping]] = {"resnet": _resnet_mapp
 ZJU_ALIASES: dict[str, str] = {"vgg11": "vgg11_bn"}
 
 
-def _family(arch: str) -> str:
-    """The key-mapping family of ``arch`` (a repro network name), refusing what cannot be imported."""
+def _family(arch: str, flag: str = "--arch") -> str:
+    """The key-mapping family of ``arch`` (a repro network name), refusing what cannot be imported;
+    ``flag`` names where the user set it (the option, or params.yaml's key)."""
     from repro import nets
 
     if arch in ZJU_ALIASES:
         ours = ZJU_ALIASES[arch]
-        raise UserError(f"--arch {arch!r} is zju-vipa's name for repro's {ours}: pass --arch {ours}")
+        raise UserError(f"{flag} {arch!r} is zju-vipa's name for repro's {ours}: set {flag} {ours}")
     family = next((name for name in FAMILIES if arch.startswith(name)), None)
     if family is None or arch not in nets.list_networks():
         importable = ", ".join(n for n in nets.list_networks() if n.startswith(tuple(FAMILIES)))
-        raise UserError(f"--arch {arch!r} cannot be imported: give the repro network the file holds, one of {importable}")
+        raise UserError(f"{flag} {arch!r} cannot be imported: give the repro network the file holds, one of {importable}")
     return family
 
 
@@ -245,14 +246,15 @@ def convert(source: dict[str, torch.Tensor], model: nn.Module, mapping: KeyMappi
 
 # ---------------------------------------------------------------- the command
 
-def expected_top1_for(dataset: str, arch: str, given: float | None) -> float:
-    """``given`` if set, else the benchmark's reported figure; one of them must exist."""
+def expected_top1_for(dataset: str, arch: str, given: float | None, flag: str = "--expected-top1") -> float:
+    """``given`` if set, else the benchmark's reported figure; one of them must exist (``flag``: where
+    the user sets it)."""
     expected = given if given is not None else EXPECTED_TOP1.get((dataset, arch))
     if expected is None:
-        raise UserError(f"no reported top-1 for {arch} on {dataset}: pass --expected-top1 (the teacher's known test "
+        raise UserError(f"no reported top-1 for {arch} on {dataset}: set {flag} (the teacher's known test "
                         "accuracy in percent) so the import can be checked")
     if not 0.0 <= expected <= 100.0:
-        raise UserError(f"--expected-top1 {expected} is not a percentage: give a value in [0, 100]")
+        raise UserError(f"{flag} {expected} is not a percentage: give a value in [0, 100]")
     return float(expected)
 
 
@@ -269,16 +271,18 @@ def configure_dataset(name: str, data_root: str | None = None) -> None:
     config.parse([_GIN_DIR / gin_file], bindings)
 
 
-@gin.configurable(denylist=["source_path", "arch", "out_dir", "expected_top1", "tolerance", "metrics_path"])
+@gin.configurable(denylist=["source_path", "arch", "out_dir", "expected_top1", "tolerance", "metrics_path", "seed"])
 def import_teacher(source_path: Path, arch: str, out_dir: Path, expected_top1: float | None = None,
-                   tolerance: float = DEFAULT_TOLERANCE, metrics_path: Path | None = None, *,
+                   tolerance: float = DEFAULT_TOLERANCE, metrics_path: Path | None = None, seed: int | None = None, *,
                    dataset: RealDataset = gin.REQUIRED, batch_size: int = 512, device: str = "auto") -> dict[str, Any]:
     """Convert the zju-vipa checkpoint ``source_path`` into a teacher artefact of network ``arch``.
 
     ``dataset`` (gin: ``gin/data/<name>.gin``; tests pass any :class:`RealDataset`) gives the class
     count, normalisation and the test split the converted network is scored on. The import is refused,
     with nothing written, when that top-1 is more than ``tolerance`` points below ``expected_top1``
-    (default: the benchmark's figure for ``arch`` on the dataset). Returns the metrics record.
+    (default: the benchmark's figure for ``arch`` on the dataset). ``seed``: the teacher seed whose
+    place the import takes in the pipeline (``models/teachers/seed<T>``), recorded so its students and
+    metrics name their teacher as a trained one's do. Returns the metrics record.
     """
     source_path, out_dir = Path(source_path), Path(out_dir)
     spec = dataset.spec
@@ -309,14 +313,47 @@ def import_teacher(source_path: Path, arch: str, out_dir: Path, expected_top1: f
     config = {"role": "teacher", "architecture": network.to_dict(), "data": spec.to_dict(),
               "platform": platform_record(target),
               "dataset": dataset.describe(), "method": {"name": "imported", "source": "zju-vipa"},
-              "imported_from": imported}
+              "imported_from": imported, **({} if seed is None else {"seed": seed})}
     operative = (f"# Imported by `repro import-teacher` from {source_path.name} (sha256 {digest}); "
                  "not trained by repro.\n" + gin.operative_config_str())
     artefact.save_artefact(out_dir, model, config, operative)
     metrics.update({"model": str(out_dir), "role": "teacher", "network": arch, "imported_from": digest,
-                    "expected_top1": expected})
+                    "expected_top1": expected, **({} if seed is None else {"seed": seed})})
     if metrics_path is not None:
         write_metrics(Path(metrics_path), metrics)
     print(f"imported {source_path} as {arch}: {spec.name} test top-1 {metrics['top1']:.2f}% (expected {expected:.2f}%, "
           f"tolerance {tolerance}) -> {out_dir}" + (f" (metrics: {metrics_path})" if metrics_path else ""))
     return metrics
+
+
+# ---------------------------------------------------------------- as the pipeline's teacher (params.yaml)
+
+def check_choice(params: dict[str, Any], dataset: str | None, where: Path) -> None:
+    """What the teacher stage's import will need from params.yaml's ``teacher`` mapping (a network
+    this module can fill, an expected top-1 to hold it to), checked by stage ``params`` before DVC
+    removes the teacher that is there; ``dataset`` is the experiment's, ``where`` names params.yaml."""
+    choice = params["teacher"]
+    _family(choice["arch"], f"{where}: teacher.arch")
+    expected_top1_for(dataset or "this experiment's dataset", choice["arch"], choice["expected_top1"],
+                      f"teacher.expected_top1 in {where}")
+
+
+def import_for_params(params: dict[str, Any], *, teacher_seed: int | None = None, extra_files: Sequence[Path] = (),
+                      bindings: Sequence[str] = (), models: Path = Path("models"),
+                      metrics: Path = Path("metrics")) -> dict[str, Any]:
+    """Import params.yaml's ``teacher`` file into ``models/teachers/seed<T>`` (and its metrics into
+    ``metrics/teachers/seed<T>.json``), T the one teacher seed, scored on the experiment's dataset."""
+    from repro import config
+    from repro.pipeline import runset
+    from repro.train import distributed
+
+    (seed,) = params["teacher_seeds"]  # runset.read_params allows one teacher seed with an import
+    if teacher_seed is not None and teacher_seed != seed:
+        raise UserError(f"--teacher-seed {teacher_seed} is not params.yaml's imported teacher (teacher_seeds: [{seed}]): "
+                        f"drop --teacher-seed or pass {seed}")
+    if not distributed.is_main():  # under a torchrun `launcher`, rank 0 imports (one writer); the others are done
+        return {}
+    config.parse([*runset.gin_files(params), *extra_files], ["import_teacher.dataset = %DATASET", *bindings])
+    choice = params["teacher"]
+    return import_teacher(Path(choice["file"]), choice["arch"], runset.teacher_dir(seed, models),
+                          choice["expected_top1"], DEFAULT_TOLERANCE, runset.teacher_metrics(seed, metrics), seed)

@@ -1,1 +1,2 @@
-"""MLflow runs, pipeline parent runs, the model registry, and audits of recorded numbers."""
+"""MLflow runs, pipeline parent runs, the model registry, audits of recorded numbers, and a store
+opened safely (created once under concurrency; unusable: one error; failing mid-run: one note)."""

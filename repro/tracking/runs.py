@@ -1,7 +1,9 @@
-"""Experiment tracking: the only module that imports mlflow.
+"""Experiment tracking: with :mod:`repro.tracking.store`, the only modules that import mlflow.
 
-A tracker is passed into the code that logs; library users get :class:`NullTracker`. When the
-MLflow store cannot be opened or stops answering, the run goes on and says tracking is off.
+A tracker is passed into the code that logs; library users get :class:`~repro.train.hooks.NullTracker`.
+A store that cannot be used stops the command before it trains (one ``error:`` line); one that fails
+mid-run turns tracking off with one ``note:`` and the training goes on; the run is never left
+RUNNING. :mod:`repro.tracking.store` gives the reasons and opens a new store safely under concurrency.
 
 Stage runs of one pipeline execution are nested under a parent run (MLflow's ``mlflow.parentRunId``
 tag). ``dvc repro`` starts every stage as its own process, so the execution is identified by
@@ -11,20 +13,19 @@ tag). ``dvc repro`` starts every stage as its own process, so the execution is i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from repro.artefact import ArtefactRecord, read_config
 from repro.errors import UserError
-from repro.train.hooks import NullTracker, Tracker
+from repro.tracking import store
+from repro.train.hooks import Tracker
 
 EXPERIMENT = "kdci-repro"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -33,6 +34,9 @@ PIPELINE_KEY_TAG = "pipeline_key"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 # Tags a parent run copies from its first stage: what the whole execution shares.
 _PIPELINE_TAGS = ("git_commit", "git_dirty", "profile", "experiment")
+# How long the end of a run waits for a store that failed (a SQLite writer holding the file, a server
+# restarting) before leaving the close to the next command; each try may itself wait 20 s (SQLite).
+CLOSE_WAIT_S = 60.0
 
 
 def default_tracking_uri() -> str:
@@ -104,49 +108,11 @@ def pipeline_key(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _key_lock(uri: str, key: str) -> Iterator[None]:
-    """Serialise find-or-create of one execution's parent run between processes of this machine
-    (``dvc exp`` queue workers, ``dvc repro`` of parallel stages)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; stages of one execution run one after another anyway
-        yield
-        return
-    digest = hashlib.sha256(f"{uri}\0{key}".encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"repro-pipeline-{digest}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast on an HTTP store nobody answers (MLflow itself retries for minutes)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        pass  # it answered (a proxy or a server without /health): the store decides
-    except OSError as exc:
-        raise ConnectionError(f"{uri} does not answer ({getattr(exc, 'reason', exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
-
-
 def pipeline_parent(client: Any, uri: str, experiment_id: str, key: str, tags: Mapping[str, str]) -> str:
     """The parent run of pipeline execution ``key``: found by its key tag, else created (named
     ``pipeline <commit> <date>``, with the stage's commit, profile and experiment) by the first stage
     to ask; a file lock keeps two processes of this machine from both creating it."""
-    with _key_lock(uri, key):
+    with store.machine_lock("pipeline", uri, key):
         found = client.search_runs([experiment_id], f"tags.{PIPELINE_KEY_TAG} = '{key}' and tags.stage = 'pipeline'",
                                    order_by=["attributes.start_time ASC"], max_results=1)
         if found:
@@ -165,69 +131,97 @@ class MlflowTracker(Tracker):
     """One MLflow run: tags, params, per-epoch metrics and artefacts; nested under the parent run of
     its pipeline execution when ``pipeline`` (a :func:`pipeline_key`) is given.
 
-    A store that fails mid-run turns tracking off for the rest of the run (one printed note) instead
-    of failing the training: every recording method goes through :meth:`_guarded`.
+    Opening a store that cannot be used raises :class:`UserError` (before the stage trains; see
+    :mod:`repro.tracking.store`). A store that fails mid-run turns tracking off for the rest of the
+    run (one ``note:`` on stderr) instead of failing the training: every recording method goes
+    through :meth:`_guarded`. The run still ends FINISHED or FAILED, never RUNNING: :meth:`finish`
+    waits up to ``close_wait_s`` for the store, and if it still fails leaves the close to the next
+    command that opens the store.
+
+    Runs are written through ``MlflowClient`` with an explicit run id (no fluent active run): a
+    failing store cannot leave a half-ended run active in this process for the next stage to trip on.
     """
 
     def __init__(self, run_name: str, tags: Mapping[str, str], uri: str | None = None,
-                 experiment: str = EXPERIMENT, pipeline: str | None = None) -> None:
-        import mlflow
-        from mlflow.tracking import MlflowClient
+                 experiment: str = EXPERIMENT, pipeline: str | None = None, close_wait_s: float = CLOSE_WAIT_S) -> None:
+        from mlflow.tracking.context.registry import resolve_tags
 
-        self._mlflow = mlflow
         self.uri = uri or default_tracking_uri()
-        _check_reachable(self.uri)
-        mlflow.set_tracking_uri(self.uri)
-        experiment_id = mlflow.set_experiment(experiment).experiment_id
-        self._client = MlflowClient(self.uri)
+        self.close_wait_s = close_wait_s
+        self._client = store.open_store(self.uri)
         tags = dict(tags)
         self.parent_id = None
-        if pipeline is not None:
-            self.parent_id = pipeline_parent(self._client, self.uri, experiment_id, pipeline, tags)
-            tags.update({PARENT_TAG: self.parent_id, PIPELINE_KEY_TAG: pipeline})
-        self._run = mlflow.start_run(run_name=run_name, tags=tags)
-        self.run_id = self._run.info.run_id
+        try:
+            with store.quiet():
+                experiment_id = _experiment_id(self._client, self.uri, experiment)
+                if pipeline is not None:
+                    self.parent_id = pipeline_parent(self._client, self.uri, experiment_id, pipeline, tags)
+                    tags.update({PARENT_TAG: self.parent_id, PIPELINE_KEY_TAG: pipeline})
+                # resolve_tags adds what mlflow.start_run would (user, source name, git commit).
+                run = self._client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags))
+        except Exception as exc:  # the store answered the open but refuses a write: locked, read-only
+            raise store.store_error(self.uri, exc) from None
+        self.run_id = run.info.run_id
+        self._artifact_uri = run.info.artifact_uri
         self._stage = tags.get("dvc_stage") if tags.get("dvc_stage", "none") != "none" else tags.get("stage", run_name)
-        self._off = False
+        self._off: str | None = None  # why tracking stopped mid-run, once it has
 
     def _guarded(self, record: Callable[[], Any]) -> None:
-        if self._off:
+        if self._off is not None:
             return
         try:
-            record()
+            with store.quiet():
+                record()
         except Exception as exc:  # any store failure: keep training, stop tracking
-            print(f"note: MLflow tracking is off for the rest of this run ({_first_line(exc)})")
-            self._off = True
+            self._off = store.first_line(exc)
+            store.note(f"MLflow tracking is off for the rest of run {self.run_id}: {self.uri} failed ({self._off}); "
+                       "the training goes on and the run is closed when the store answers again")
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._guarded(lambda: self._mlflow.set_tags({key: str(value) for key, value in tags.items()}))
+        from mlflow.entities import RunTag
+
+        self._guarded(lambda: self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [(key[:250], str(value)[:_MAX_PARAM_CHARS]) for key, value in params.items()]
+        from mlflow.entities import Param
+
+        items = [Param(key[:250], str(value)[:_MAX_PARAM_CHARS]) for key, value in params.items()]
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            self._guarded(lambda batch=dict(items[start:start + 100]): self._mlflow.log_params(batch))
+            self._guarded(lambda batch=items[start:start + 100]: self._client.log_batch(self.run_id, params=batch))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
         # MLflow metric keys allow '/', so names like "synthesis/onehot" group in the UI.
-        self._guarded(lambda: self._mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step))
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        self._guarded(lambda: self._client.log_batch(self.run_id, metrics=batch))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self._guarded(lambda: self._mlflow.log_artifact(str(path), artifact_path=folder))
+        self._guarded(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path=folder))
 
     def log_text(self, text: str, name: str) -> None:
-        self._guarded(lambda: self._mlflow.log_text(text, name))
+        self._guarded(lambda: self._client.log_text(self.run_id, text, name))
 
     def finish(self, failed: bool = False) -> None:
-        self._guarded(lambda: self._finish(failed))
+        """End the run FINISHED or FAILED (and its pipeline parent with it). A store that fails now
+        is waited for up to ``close_wait_s``; after that the close is kept for the next command
+        that opens this store, with this moment as the run's end time."""
+        entry = {"run_id": self.run_id, "status": "FAILED" if failed else "FINISHED",
+                 "end_time": int(time.time() * 1000), "parent_id": self.parent_id, "stage": self._stage,
+                 "incomplete": self._off}
+        try:
+            if store.wait_and_close(self._client, self.uri, entry, self.close_wait_s):
+                return
+        except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep the close for later, then stop
+            self._close_later(entry)
+            raise
+        self._close_later(entry)
 
-    def _finish(self, failed: bool) -> None:
-        self._mlflow.end_run(status="FAILED" if failed else "FINISHED")
-        if self.parent_id is not None:
-            # The parent ends with its latest stage; a failed stage keeps it FAILED.
-            if failed:
-                self._client.set_tag(self.parent_id, "failed_stage", self._stage)
-            failed = failed or "failed_stage" in self._client.get_run(self.parent_id).data.tags
-            self._client.set_terminated(self.parent_id, status="FAILED" if failed else "FINISHED")
+    def _close_later(self, entry: dict[str, Any]) -> None:
+        store.remember_close(self.uri, entry)
+        store.note(f"MLflow run {self.run_id} is still open in {self.uri} (the store does not answer); the next repro "
+                   f"command that opens this store records it as {entry['status']}")
 
     def register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
         """Log the artefact folder (safetensors weights included) as this run's ``model`` artifacts and
@@ -236,29 +230,44 @@ class MlflowTracker(Tracker):
 
     def _register_model(self, name: str, folder: Path, tags: Mapping[str, str], alias: str) -> None:
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
-        self._mlflow.log_artifacts(str(folder), artifact_path="model")
-        client = MlflowClient(self.uri)
+        self._client.log_artifacts(self.run_id, str(folder), artifact_path="model")
         try:
-            client.create_registered_model(name, description="kdci-repro models of one dataset, pair and method")
+            self._client.create_registered_model(name, description="kdci-repro models of one dataset, pair and method")
         except MlflowException:  # already registered: add a version
             pass
-        version = client.create_model_version(name, source=f"{self._run.info.artifact_uri}/model", run_id=self.run_id,
-                                              tags={key: str(value) for key, value in tags.items()})
-        client.set_registered_model_alias(name, alias, version.version)
+        version = self._client.create_model_version(name, source=f"{self._artifact_uri}/model", run_id=self.run_id,
+                                                    tags={key: str(value) for key, value in tags.items()})
+        self._client.set_registered_model_alias(name, alias, version.version)
+
+
+def _experiment_id(client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if missing (by whichever process asks first)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id  # another process created it just now
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artefacts of a SQLite store's experiment go in ``mlruns/<experiment>/`` beside the database
+    file, not into whatever folder the command that created it ran in (MLflow's default,
+    ``./mlruns``, e.g. the checkout when the store is elsewhere); None: the store decides."""
+    path = store.sqlite_file(uri)
+    return (path.parent / "mlruns" / experiment).as_uri() if path is not None else None
 
 
 def open_tracker(run_name: str, tags: Mapping[str, str]) -> Tracker:
-    """An MLflow tracker for a stage run (nested under its pipeline execution's parent run, if any),
-    or a null one (with a one-line note) if the store cannot be opened."""
-    uri = default_tracking_uri()
-    try:
-        return MlflowTracker(run_name, tags, uri, pipeline=pipeline_key())
-    except Exception as exc:  # locked/unreachable store, bad URI: the run must not be lost for it
-        print(f"note: MLflow tracking is off: could not open {uri} ({_first_line(exc)}); "
-              "set MLFLOW_TRACKING_URI to a working store")
-        return NullTracker()
+    """An MLflow tracker for a stage run (nested under its pipeline execution's parent run, if any)
+    on :func:`default_tracking_uri`; a one-line :class:`UserError` if that store cannot be used."""
+    return MlflowTracker(run_name, tags, default_tracking_uri(), pipeline=pipeline_key())
 
 
 def registered_name(record: ArtefactRecord) -> str:
@@ -271,10 +280,18 @@ def registered_name(record: ArtefactRecord) -> str:
     return f"{data}-{record.teacher_network}-{record.network}-{record.base_method}{arm}"
 
 
-def _client():
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(default_tracking_uri())
+@contextlib.contextmanager
+def _reading(uri: str) -> Iterator[Any]:
+    """A client on the existing store ``uri`` for a command that reads it (audit, registry); any
+    failure of the store, now or while reading, is one :class:`UserError` naming the fix."""
+    client = store.open_store(uri, create=False)
+    try:
+        with store.quiet():
+            yield client
+    except UserError:
+        raise
+    except Exception as exc:  # locked, unreachable, or refused mid-read
+        raise store.store_error(uri, exc, store.READ_FIX) from None
 
 
 def tag_published(model_dir: Path, repo_id: str, revision: str) -> None:
@@ -282,31 +299,32 @@ def tag_published(model_dir: Path, repo_id: str, revision: str) -> None:
     config = read_config(model_dir)
     sha = config.weights_sha256
     try:
-        client = _client()
-        tagged = 0
-        for version in client.search_model_versions(f"name = '{registered_name(config)}'"):
-            if version.tags.get("weights_sha256") == sha:
-                client.set_model_version_tag(version.name, version.version, "hub_repo_id", repo_id)
-                client.set_model_version_tag(version.name, version.version, "hub_revision", revision)
-                tagged += 1
+        with _reading(default_tracking_uri()) as client:
+            tagged = 0
+            for version in client.search_model_versions(f"name = '{registered_name(config)}'"):
+                if version.tags.get("weights_sha256") == sha:
+                    client.set_model_version_tag(version.name, version.version, "hub_repo_id", repo_id)
+                    client.set_model_version_tag(version.name, version.version, "hub_revision", revision)
+                    tagged += 1
         if not tagged:
-            print(f"note: no MLflow model version holds {model_dir}'s weights; nothing tagged")
-    except Exception as exc:  # the upload happened; a store problem must not hide that
-        print(f"note: MLflow registry not updated ({_first_line(exc)})")
+            store.note(f"no MLflow model version holds {model_dir}'s weights; nothing tagged")
+    except UserError as exc:  # the upload happened; a store problem must not hide that
+        store.note(f"MLflow registry not updated: {exc}")
 
 
 def list_registry() -> list[dict[str, str]]:
     """Every registered model version: name, version, aliases, run, seed, Hub repo id and revision."""
-    client = _client()
     rows = []
-    for model in client.search_registered_models():
-        aliases = {}
-        for alias, version in (model.aliases or {}).items():
-            aliases.setdefault(str(version), []).append(alias)
-        for version in client.search_model_versions(f"name = '{model.name}'"):
-            rows.append({"name": model.name, "version": str(version.version),
-                         "aliases": ",".join(sorted(aliases.get(str(version.version), []))), "run_id": version.run_id,
-                         "hub": version.tags.get("hub_repo_id", ""), "revision": version.tags.get("hub_revision", "")})
+    with _reading(default_tracking_uri()) as client:
+        for model in client.search_registered_models():
+            aliases = {}
+            for alias, version in (model.aliases or {}).items():
+                aliases.setdefault(str(version), []).append(alias)
+            for version in client.search_model_versions(f"name = '{model.name}'"):
+                rows.append({"name": model.name, "version": str(version.version),
+                             "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
+                             "run_id": version.run_id, "hub": version.tags.get("hub_repo_id", ""),
+                             "revision": version.tags.get("hub_revision", "")})
     return sorted(rows, key=lambda row: (row["name"], int(row["version"])))
 
 
@@ -338,21 +356,24 @@ def run_record(run_id: str) -> dict[str, Any]:
     latest metrics), its artefact paths, its pipeline's parent run, the model versions it registered
     and, for a run that used weights it did not make (evaluation), the versions and runs that made them."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     uri = default_tracking_uri()
-    try:
-        _check_reachable(uri)
-        client = MlflowClient(uri)
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise UserError(f"no MLflow run {run_id!r} in {uri}: check the id (`mlflow ui` lists runs) or set "
-                            "MLFLOW_TRACKING_URI to the store that recorded it") from None
-        raise UserError(f"cannot read MLflow run {run_id!r} from {uri} ({_first_line(exc)})") from None
-    except Exception as exc:  # locked or unreachable store
-        raise UserError(f"cannot read the MLflow store {uri} ({_first_line(exc)}): set MLFLOW_TRACKING_URI "
-                        "to the store that recorded the run") from None
+    with _reading(uri) as client:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise UserError(f"no MLflow run {run_id!r} in {uri}: check the id (`mlflow ui` lists runs) or set "
+                                "MLFLOW_TRACKING_URI to the store that recorded it") from None
+            raise
+        return _describe(client, uri, run)
+
+
+def _describe(client: Any, uri: str, run: Any) -> dict[str, Any]:
+    """:func:`run_record`'s dict of ``run``."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = run.info.run_id
 
     def artifacts(path: str | None = None) -> list[dict[str, Any]]:
         found = []
@@ -382,9 +403,7 @@ def runs_tagged(key: str, values: list[str]) -> tuple[str, list[dict[str, Any]]]
     ``values``, newest first, as :func:`run_record`'s run summaries (how ``repro audit`` finds the
     run that wrote a metrics file)."""
     uri = default_tracking_uri()
-    try:
-        _check_reachable(uri)
-        client = _client()
+    with _reading(uri) as client:
         experiments = [experiment.experiment_id for experiment in client.search_experiments()]
         found: dict[str, Any] = {}
         for value in dict.fromkeys(values):
@@ -393,8 +412,5 @@ def runs_tagged(key: str, values: list[str]) -> tuple[str, list[dict[str, Any]]]
             for run in client.search_runs(experiments, f"tags.{key} = '{value}'",
                                           order_by=["attributes.start_time DESC"]):
                 found[run.info.run_id] = run
-    except Exception as exc:  # locked or unreachable store, bad URI
-        raise UserError(f"cannot search the MLflow store {uri} ({_first_line(exc)}): set MLFLOW_TRACKING_URI "
-                        "to the store that recorded the run") from None
     newest = sorted(found.values(), key=lambda run: (run.info.start_time or 0, run.info.end_time or 0), reverse=True)
     return uri, [_run_summary(run) for run in newest]

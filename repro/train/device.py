@@ -24,11 +24,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# The devices a run can use: the engine's autocast and channels_last know CPU and CUDA only.
+_DEVICE = re.compile(r"auto|cpu|cuda(:(?P<index>[0-9]+))?")
+_DEVICE_SETTINGS = "Trainer.device, evaluate.device or bench_kdci_overhead.device"
+
+
 def resolve_device(name: str) -> torch.device:
+    """``'auto'`` (CUDA when present, else the CPU), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``, checked
+    against this machine: anything else is a one-line error naming the value, not torch's traceback."""
+    match = _DEVICE.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
+        raise UserError(f"device {name!r} is not one repro runs on: bind {_DEVICE_SETTINGS} to 'auto', 'cpu', "
+                        "'cuda' or 'cuda:<index>'")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available: bind Trainer.device = 'cpu' or 'auto'")
+    if match["index"] is not None and int(match["index"]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"device {name!r} requested but this machine has {count} CUDA device(s) (cuda:0 to "
+                        f"cuda:{count - 1}): bind {_DEVICE_SETTINGS} to one of them or 'auto'")
     return torch.device(name)
 
 

@@ -53,7 +53,7 @@ class Trainer:
     ) -> None:
         for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size),
                             ("student_steps_per_round", student_steps_per_round), ("monitor_every", monitor_every)):
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:  # True is an int to Python
                 raise UserError(f"Trainer.{name} = {value!r} is invalid: it must be a positive integer")
         if steps_per_epoch % student_steps_per_round:
             raise UserError(f"Trainer.steps_per_epoch ({steps_per_epoch}) must be a multiple of "

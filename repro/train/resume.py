@@ -87,4 +87,16 @@ def load_training_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if missing or not isinstance(state["epoch"], int) or state["epoch"] < 1:
         raise UserError(f"checkpoint {path} is incomplete (missing {', '.join(missing) or 'a valid epoch'}): "
                         "delete it to start the stage over")
+    _check_finite(state["model"], path)
     return state
+
+
+def _check_finite(model_state: Any, path: Path) -> None:
+    """The Trainer stops before it would checkpoint a NaN, so a non-finite weight in the file is damage:
+    resuming from it would end in a divergence message that blames the learning rate."""
+    if not isinstance(model_state, dict):
+        return  # the Trainer's load_state_dict refuses it with its own message
+    for name, tensor in model_state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"checkpoint {path} holds NaN/inf in model tensor {name!r}: delete it to start the "
+                            "stage over")

@@ -19,7 +19,8 @@ Served, for model repositories:
   reads, and ``HEAD``/``GET`` on ``/{repo}/resolve/{revision}/{path}`` with the headers the client caches
   by (``X-Repo-Commit``, ``ETag``, and ``X-Linked-Etag``/``X-Linked-Size`` for LFS files).
 * A revision is a branch or a full commit sha; every commit gets a fresh sha, so a pinned sha keeps
-  serving old content after later commits.
+  serving old content after later commits. Branch names are not checked (``feature/x`` works, and so
+  does ``../../x``): the tests play a hostile endpoint with it, so the client must refuse such names.
 * Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) and
   ``X-Error-Message``, from which the client raises its typed exceptions.
 * With ``tokens``, every request except the pre-signed ``PUT`` needs ``Authorization: Bearer <one of
