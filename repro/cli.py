@@ -228,6 +228,7 @@ def _shift_sweep(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
+    from repro import io
     from repro.pipeline import bench
 
     if args.profile:  # a paper profile on random images of its dataset's shape
@@ -237,10 +238,17 @@ def _bench(args: argparse.Namespace) -> None:
         print(bench.format_profile_table(bench.bench_profile(args.profile, args.experiment, args.methods, args.steps,
                                                              args.synthesis_steps, args.bind)))
         return
-    if args.params:  # every method of params.yaml, one table
-    
-        print(bench.format_table(bench.bench_methods(Path(args.params), args.bind)))
+    outputs = [Path(path) if path else None for path in (args.json, args.markdown)]
+    for path, flag in zip(outputs, ("--json", "--markdown")):
+        if path is not None:  # before minutes of measuring, not after
+            io.check_file_destination(path, f"{flag} file")
+    if args.params:  # every method of params.yaml, the dictionary build, the stage start-up
+        report = bench.bench_methods(Path(args.params), args.bind, startup=not args.no_startup)
+        bench.write_report(report, *outputs)
+        print(bench.format_report(report))
         return
+    if any(outputs):
+        raise UserError("--json and --markdown write the whole benchmark: give --params params.yaml with them")
     _configured(args)
     print(bench.format_result(bench.bench_kdci_overhead()))
 
@@ -455,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=_positive, default=3, help="with --profile: student steps timed per method")
     bench.add_argument("--synthesis-steps", type=_positive, default=2,
                        help="with --profile: optimisation steps per timed synthesis round (the full round is projected)")
+    bench.add_argument("--json", default=None, metavar="FILE", help="with --params: write the figures as JSON "
+                       "(reports/bench.json: per method and once, see repro/pipeline/bench.py)")
+    bench.add_argument("--markdown", default=None, metavar="FILE", help="with --params: write them as markdown "
+                       "tables (reports/bench.md)")
+    bench.add_argument("--no-startup", action="store_true", help="with --params: skip the stage start-up "
+                       "measurement (it trains a smoke teacher and runs four short distillations)")
     bench.set_defaults(run=_bench, gin_names=True)
 
     diag = verbs.add_parser("diagnose", help="class-proportion shift and Frechet distance of substitution data")

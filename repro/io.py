@@ -5,8 +5,9 @@ folder is fsync'ed), so neither a kill nor a power cut leaves a half-written fil
 one is expected. A write that fails (full disk, quota, permissions) ends with one line naming the
 file, and what was there before is kept.
 
-Destinations are checked before the work that fills them (:func:`check_file_destination`), and a
-folder a stage writes is held by one process at a time (:func:`exclusive`).
+Destinations are checked before the work that fills them (:func:`check_file_destination`,
+:func:`check_folder_destination`), and a folder a stage writes is held by one process at a time
+(:func:`exclusive`).
 """
 
 from __future__ import annotations
@@ -110,7 +111,12 @@ def _nearest_existing(path: Path) -> Path:
 
 def _folder_problem(path: Path) -> str | None:
     """Why files cannot be created at ``path`` (a file or folder that may not exist yet), or None."""
-    existing = _nearest_existing(Path(path).parent)
+    return _problem_inside(Path(path).parent)
+
+
+def _problem_inside(folder: Path) -> str | None:
+    """Why files cannot be created inside ``folder`` (which may not exist yet), or None."""
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -118,14 +124,27 @@ def _folder_problem(path: Path) -> str | None:
     return None
 
 
-def check_file_destination(path: Path, name: str) -> None:
+def check_file_destination(path: Path, name: str, example: str = "metrics.json") -> None:
     """Refuse, before the work that produces it, a file destination that cannot be written: a
     folder, a path below a file, or one inside a read-only folder. ``name`` is what the user calls
-    it (``--metrics``, ``metrics file``). Nothing is created."""
+    it (``--metrics``, ``metrics file``); ``example`` the file name the message suggests inside a
+    folder given instead. Nothing is created."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{name} {path} is a folder: give a file path, e.g. {path / 'metrics.json'}")
+        raise UserError(f"{name} {path} is a folder: give a file path, e.g. {path / example}")
     problem = _folder_problem(path)
+    if problem:
+        raise UserError(f"{name} {path} cannot be written: {problem}; choose another path or fix the folder")
+
+
+def check_folder_destination(path: Path, name: str) -> None:
+    """Refuse, before the work that fills it, a destination folder that cannot be written: an existing
+    file, a path below a file, or a read-only folder. ``name`` is what the user calls it (``--out``).
+    An existing folder is fine (the files written there replace their namesakes). Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{name} {path} is a file, not a folder: give a folder path, or move the file away")
+    problem = _problem_inside(path)
     if problem:
         raise UserError(f"{name} {path} cannot be written: {problem}; choose another path or fix the folder")
 

@@ -271,6 +271,114 @@ def test_out_under_a_file(ws: Workspace, capfd, monkeypatch) -> None:
     ws.unchanged()
 
 
+def _report_metrics(ws: Workspace) -> Path:
+    """The smallest metrics folder `repro report` builds a table from: one teacher's file."""
+    folder = ws.root / "run-metrics"
+    (folder / "teachers").mkdir(parents=True)
+    (folder / "teachers" / "seed0.json").write_text(json.dumps(
+        {"top1": 99.0, "seed": 0, "network": "digits_cnn_large", "role": "teacher", "model": str(ws.teacher)}))
+    return folder
+
+
+def _folder_out_a_file(ws: Workspace) -> tuple[Path, str]:
+    return ws.metrics, f"--out {ws.metrics} is a file, not a folder: give a folder path, or move the file away"
+
+
+def _folder_out_below_a_file(ws: Workspace) -> tuple[Path, str]:
+    return ws.metrics / "sub", f"--out {ws.metrics / 'sub'} cannot be written: {ws.metrics} is a file, not a folder"
+
+
+FOLDER_OUT_CASES = {"a file": _folder_out_a_file, "below a file": _folder_out_below_a_file}
+
+
+@pytest.mark.parametrize("verb", ["report", "verify"])
+@pytest.mark.parametrize("case", list(FOLDER_OUT_CASES))
+def test_report_folder_that_cannot_be_written_is_refused(case: str, verb: str, ws: Workspace, capfd,
+                                                         monkeypatch) -> None:
+    """`repro report --out` and `repro verify --out` name the folder that receives their files: a file
+    there (or above it) is refused with one line, not a FileExistsError/NotADirectoryError traceback."""
+    out, fragment = FOLDER_OUT_CASES[case](ws)
+    argv = [verb, "--out", out, *(["--metrics-dir", _report_metrics(ws)] if verb == "report" else [])]
+    ws.freeze()
+    assert_one_line_error(run_main(argv, capfd, monkeypatch), fragment)
+    ws.unchanged()
+
+
+def _compare_out_a_folder(ws: Workspace) -> tuple[Path, str]:
+    folder = ws.root / "reports"
+    folder.mkdir()
+    (folder / "results.md").write_text("keep me\n")
+    return folder, f"--out {folder} is a folder: give a file path, e.g. {folder / 'paper_comparison.md'}"
+
+
+def _compare_out_below_a_file(ws: Workspace) -> tuple[Path, str]:
+    out = ws.metrics / "c.md"
+    return out, f"--out {out} cannot be written: {ws.metrics} is a file, not a folder"
+
+
+COMPARE_OUT_CASES = {"a folder": _compare_out_a_folder, "below a file": _compare_out_below_a_file}
+
+
+@pytest.mark.parametrize("case", list(COMPARE_OUT_CASES))
+def test_comparison_file_that_cannot_be_written_is_refused(case: str, ws: Workspace, capfd, monkeypatch) -> None:
+    """`repro compare --out` names a file: a folder (IsADirectoryError) or a path below a file
+    (FileExistsError) is refused with one line, before the inputs are read."""
+    out, fragment = COMPARE_OUT_CASES[case](ws)
+    ws.freeze()
+    argv = ["compare", "--published", REPO / "reports/published_numbers.csv",
+            "--results", REPO / "reports/results.json", "--metrics-dir", REPO / "metrics", "--out", out]
+    assert_one_line_error(run_main(argv, capfd, monkeypatch), fragment)
+    ws.unchanged()
+
+
+def _out_is_the_teacher(ws: Workspace) -> tuple[Path, Path, str]:
+    return ws.teacher, ws.teacher, f"is the teacher's folder ({ws.teacher}): the student would replace the teacher"
+
+
+def _out_links_to_the_teacher(ws: Workspace) -> tuple[Path, Path, str]:
+    link = ws.root / "student"
+    link.symlink_to(ws.teacher, target_is_directory=True)
+    return ws.teacher, link, f"is the teacher's folder ({ws.teacher}): the student would replace the teacher"
+
+
+def _out_inside_the_teacher(ws: Workspace) -> tuple[Path, Path, str]:
+    return ws.teacher, ws.teacher / "student", f"is inside the teacher's folder {ws.teacher}"
+
+
+def _out_contains_the_teacher(ws: Workspace) -> tuple[Path, Path, str]:
+    teacher = ws.out / "teacher"  # ws.out is an artefact, so only the overlap stops its replacement
+    shutil.copytree(ws.teacher, teacher)
+    return teacher, ws.out, f"contains the teacher {teacher}: replacing it would delete the teacher"
+
+
+OVERLAP_CASES = {"the teacher's folder": _out_is_the_teacher, "a link to it": _out_links_to_the_teacher,
+                 "inside it": _out_inside_the_teacher, "containing it": _out_contains_the_teacher}
+
+
+@pytest.mark.parametrize("case", list(OVERLAP_CASES))
+def test_out_that_overlaps_the_teacher_is_refused_before_training(case: str, ws: Workspace, capfd,
+                                                                  monkeypatch) -> None:
+    """`--out` naming the teacher's folder would replace the teacher by its student (and exit 0);
+    one inside it or containing it would write into it or delete it. Refused before any lock or epoch."""
+    teacher, out, fragment = OVERLAP_CASES[case](ws)
+    ws.freeze()
+    outcome = run_main(ws.distill(teacher=teacher, out=out), capfd, monkeypatch)
+    assert_one_line_error(outcome, f"--out {out} {fragment}", "choose an --out outside the teacher's folder")
+    assert "epoch 1" not in outcome.stdout
+    ws.unchanged()
+    assert not ws.checkpoints.exists()
+
+
+def test_an_artefact_recording_no_role_is_not_taken_as_the_teacher(ws: Workspace, capfd, monkeypatch) -> None:
+    _edit_config(ws.teacher, lambda record: record.pop("role"))
+    ws.freeze()
+    outcome = run_main(ws.distill(out=ws.root / "student"), capfd, monkeypatch)
+    assert_one_line_error(outcome, f"--teacher {ws.teacher} is not a teacher artefact (config.json records no role)",
+                          "pass a teacher artefact, e.g. models/teachers/seed0")
+    assert "epoch 1" not in outcome.stdout
+    ws.unchanged()
+
+
 # ---------------------------------------------------------------- config.json
 
 

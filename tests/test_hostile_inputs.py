@@ -455,6 +455,17 @@ def test_damaged_teacher(case: str, ws: Workspace, teacher_dir: Path, tmp_path: 
     ws.unchanged()
 
 
+def test_a_student_given_as_the_teacher_is_refused(ws: Workspace, student_dir: Path, capfd, monkeypatch) -> None:
+    """A student artefact loads like a teacher; distilling from it exited 0 with a student of a student."""
+    before = snapshot(student_dir)
+    outcome = run_main(["distill", *_method("dafl"), *ws.distill(student_dir)], capfd, monkeypatch)
+    assert_one_line_error(outcome, f"--teacher {student_dir} is not a teacher artefact (config.json role 'student')",
+                          "pass a teacher artefact, e.g. models/teachers/seed0")
+    assert "epoch 1" not in outcome.stdout
+    ws.unchanged()
+    assert snapshot(student_dir) == before
+
+
 def _dictionary_missing(artefact: Path) -> str:
     (artefact / "confounder_dictionary.safetensors").unlink()
     return "confounder_dictionary.safetensors is missing"

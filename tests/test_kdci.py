@@ -53,6 +53,21 @@ def test_kmeans_matches_scikit_learn_on_planted_clusters() -> None:
     assert inertia <= reference.inertia_ * (1 + 1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_matches_scikit_learn_inertia_on_unstructured_data(seed: int) -> None:
+    """No planted clusters (the hard case for the bound-based assignment step): within 1% of
+    scikit-learn's inertia, and every point on its nearest centre."""
+    from sklearn.cluster import KMeans
+
+    points = torch.randn(4000, 8, generator=torch.Generator().manual_seed(seed))
+    centres, assignment = kmeans_plus_plus(points, 12, torch.Generator().manual_seed(seed))
+    reference = KMeans(n_clusters=12, init="k-means++", n_init=1, random_state=seed).fit(points.numpy())
+    inertia = float(((points - centres[assignment]) ** 2).sum())
+    assert abs(inertia / reference.inertia_ - 1) <= 0.01
+    distances = torch.cdist(points, centres)
+    assert bool((distances.gather(1, assignment[:, None]).squeeze(1) <= distances.min(dim=1).values + 1e-4).all())
+
+
 def test_prior_is_the_cluster_proportion_and_sums_to_one() -> None:
     points, _ = _planted()
     dictionary = build_dictionary(points, 4, 4, seed=0)
@@ -147,7 +162,7 @@ def test_more_prototypes_than_samples_is_a_clear_error() -> None:
         KDCI(base=None, num_prototypes=0)
 
 
-def test_bench_measures_both_students_and_dictionary_builds() -> None:
+def test_bench_measures_three_arms_memory_per_round_and_the_dictionary_beside_sklearn() -> None:
     from conftest import REPO
     from repro import config
     from repro.pipeline import bench
@@ -156,15 +171,38 @@ def test_bench_measures_both_students_and_dictionary_builds() -> None:
     config.parse([gin_dir / "experiments/digits.gin", gin_dir / "methods/dafl.gin", gin_dir / "kdci.gin",
                   gin_dir / "profiles/smoke.gin", gin_dir / "bench.gin"],
                  ["bench_kdci_overhead.steps = 4", "bench_kdci_overhead.warmup_steps = 1",
-                  "bench_kdci_overhead.batch_size = 16", "bench_kdci_overhead.dictionary_sizes = (500,)",
+                  "bench_kdci_overhead.batch_size = 16", "bench_kdci_overhead.synthesis_rounds = 3",
                   "KDCI.dictionary_samples = 64", "bench_kdci_overhead.pin_check = False"])
     result = bench.bench_kdci_overhead()
-    assert result["baseline_step_ms"] > 0 and result["kdci_step_ms"] > 0
-    assert result["overhead_percent"] == pytest.approx(100 * (result["kdci_step_ms"] / result["baseline_step_ms"] - 1))
-    assert set(result["dictionary_build_seconds"]) == {500}
-    assert "overhead" in bench.format_result(result)
-    assert result["method"] == "dafl" and result["synthesis_round_ms"] > 0
-    assert "| dafl |" in bench.format_table([result])
+    assert result["student_step_s"] > 0 and result["kdci_step_s"] > 0 and result["minimal_step_s"] > 0
+    assert result["kdci_overhead_pct"] == pytest.approx(100 * (result["kdci_step_s"] / result["student_step_s"] - 1))
+    assert result["student_vs_minimal"] == pytest.approx(result["student_step_s"] / result["minimal_step_s"])
+    assert len(result["peak_memory_mib_rounds"]) == 4  # the uncounted first round and three timed ones
+    assert result["peak_memory_mib_first"] == result["peak_memory_mib_rounds"][0] > 0
+    assert result["method"] == "dafl" and result["synthesis_round_s"] > 0
+    assert "minimal torch loop" in bench.format_result(result)
+
+    dictionary = bench.bench_dictionary(sizes=(600,), feature_dim=24, num_prototypes=4, pca_dim=6, repeats=1)
+    row = dictionary["600"]
+    assert row["dictionary_build_s"] > 0 and row["sklearn_dictionary_build_s"] > 0
+    assert row["inertia_ratio"] == pytest.approx(1.0, abs=0.02)  # the same clustering quality as scikit-learn
+
+    report = {"platform": {}, "profile": "smoke", "experiment": "digits", "methods": {"dafl": result},
+              "dictionary": dictionary, "reproducible_mode": None}
+    markdown = bench.format_report(report)
+    assert "| dafl |" in markdown and "| 600 | reproducible" in markdown
+    met = bench.targets(report)
+    assert met["memory_flat"] == (result["peak_memory_mib_last"] <= 1.05 * result["peak_memory_mib_first"])
+
+
+def test_bench_writes_json_and_markdown_only_with_params(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    done = run_cli("bench", "--gin", "gin/experiments/digits.gin", "--json", str(tmp_path / "b.json"))
+    assert done.returncode == 2 and "give --params params.yaml" in done.stderr
+    done = run_cli("bench", "--params", "params.yaml", "--json", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.startswith("error:") and "--json file" in done.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_dictionary_file_is_byte_identical_across_saves(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_every_module_is_in_a_layer() -> None:
     places = ("repro.nets", "repro.data", "repro.losses", "repro.methods", "repro.kdci", "repro.train",
               "repro.tracking", "repro.pipeline", "repro.registry")
     top = {"repro", "repro.__main__", "repro.artefact", "repro.io", "repro.cli", "repro.config",
-           "repro.configurables", "repro.errors", "repro.reproducible"}
+           "repro.configurables", "repro.errors", "repro.reproducible", "repro.startup"}
     stray = sorted(m for m in graph(REPO, "repro") if m not in top and not _in(m, places))
     assert stray == []
 
@@ -99,3 +99,16 @@ def test_the_checker_finds_circles_and_broken_rules(tmp_path: Path) -> None:
     for line in expected:
         assert any(f.startswith(line) for f in found), (line, found)
     assert not any(f.startswith("repro.kdci.method reaches") for f in found)  # base is the allowed seam
+
+
+def test_heavy_libraries_are_imported_only_where_they_are_used() -> None:
+    """A stage pays for every library it imports before its first step (issue 16): registering the gin
+    names and loading the CLI must not import the tracking, Hub, DVC, plotting or scikit-learn stacks."""
+    import subprocess
+    import sys
+
+    heavy = ["mlflow", "huggingface_hub", "dvc", "matplotlib", "sklearn", "scipy", "pandas", "torchvision.utils"]
+    probe = ("import sys, repro.cli, repro.configurables; "
+             f"print(','.join(name for name in {heavy!r} if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "", f"imported at start-up: {done.stdout.strip()}"

@@ -102,7 +102,7 @@ class CMI(PoolDistillation):
     def setup(self, teacher: nn.Module | None, student: nn.Module, spec: DataSpec,
               device: torch.device) -> nn.Module:
         trained = super().setup(teacher, student, spec, device)
-        self.bn = BNStatistics(teacher)
+        self.bn = BNStatistics(teacher, instance_means=True)
         self.generator = self.generator_spec.build(image_size=spec.image_size, out_channels=spec.channels).to(device)
         feature_dim = sum(layer.num_features for layer in self.bn.layers)
         self.head = _ProjectionHead(feature_dim, self.head_dim).to(device)

@@ -49,15 +49,21 @@ class BNStatistics:
     ``momentum`` > 0 is Fast's BN-statistics momentum (Fang et al., AAAI 2022, Sec. 3.3; benchmark
     ``DeepInversionHook(mmt_rate)``): the target of a batch is blended with an exponential average of
     earlier batches' statistics, so a few generator steps need not match the running statistics alone.
-    ``instance_means`` (CMI): each layer's per-sample channel mean, the features CMI contrasts.
+    ``instance_means`` (CMI only): also record each layer's per-sample channel mean, the features CMI
+    contrasts. Off by default: DeepInversion and Fast never read them, and a list of them kept across
+    steps grew by one tensor per BN layer per step (37 a step on wrn40_2), without bound.
+
+    Everything a forward records is dropped by the step that reads it (:meth:`loss`,
+    :meth:`instance_features`, :meth:`clear`), so what the hooks hold (:meth:`held`) does not grow.
     """
 
-    def __init__(self, model: nn.Module, momentum: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, momentum: float = 0.0, instance_means: bool = False) -> None:
         self.layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
         if not self.layers:
             raise UserError(f"{type(model).__name__} has no BatchNorm2d layers: BN-statistics inversion needs a "
                             "teacher with batch normalisation (choose another method or teacher)")
         self.momentum = momentum
+        self.instance_means = instance_means
         self.means: list[torch.Tensor] = []
         self.vars: list[torch.Tensor] = []
         self.instance: list[torch.Tensor] = []
@@ -69,12 +75,15 @@ class BNStatistics:
         if not self.active:
             return
         x = inputs[0]
-        self.instance.append(x.mean(dim=(2, 3)))
+        if self.instance_means:
+            self.instance.append(x.mean(dim=(2, 3)))
         self.means.append(x.mean(dim=(0, 2, 3)))
         self.vars.append(x.var(dim=(0, 2, 3), unbiased=False))
 
     def instance_features(self) -> torch.Tensor:
         """``[B, sum of BN channels]``: the last forward's per-sample channel means; clears them."""
+        if not self.instance_means:
+            raise RuntimeError("BNStatistics was built without instance_means=True: it records no instance features")
         features = torch.cat(self.instance, dim=1)
         self.instance = []
         return features
@@ -91,6 +100,10 @@ class BNStatistics:
         self._last = [(m.detach(), v.detach()) for m, v in zip(self.means, self.vars)]
         self.means, self.vars = [], []
         return value
+
+    def held(self) -> int:
+        """How many recorded tensors the hooks hold now (0 between steps; tests check it stays so)."""
+        return len(self.means) + len(self.vars) + len(self.instance)
 
     def clear(self) -> None:
         """Drop what the last forward recorded (a forward whose statistics are not a loss term)."""

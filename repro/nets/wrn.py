@@ -17,7 +17,10 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.relu = nn.ReLU(inplace=False)
+        # In place, as the reference (zju-vipa CMI datafree/models/classifiers/wresnet.py): BatchNorm's
+        # backward needs its input, not its output, so overwriting the output is safe and saves a copy
+        # per activation (the profiler put 112 ms of a wrn16_1 forward in the out-of-place ReLUs, issue 16).
+        self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:

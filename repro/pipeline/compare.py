@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from repro.errors import UserError
+from repro.io import check_file_destination, write_text_atomically
 from repro.pipeline.report import paired_interval
 
 COLUMNS = ("dataset", "teacher", "student", "method", "kdci", "origin", "metric", "kind", "value", "source", "url",
@@ -411,13 +412,14 @@ def build_comparison(published: Sequence[Published], runs: Sequence[OurRun]) -> 
 
 def write_comparison(published_path: Path, results: Sequence[Path], out: Path,
                      metrics_dir: Path = Path("metrics")) -> str:
-    """Read both inputs, write the markdown to ``out`` and return it."""
+    """Read both inputs, write the markdown to ``out`` and return it. ``out`` is checked first: a folder,
+    a path below a file or in a read-only folder is refused before anything is read."""
+    check_file_destination(out, "--out", "paper_comparison.md")
     published = read_published(published_path)
     files = find_results(results)
     runs = [run for path in files for run in read_results(path, metrics_dir)]
     markdown = build_comparison(published, runs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown)
+    write_text_atomically(out, markdown)
     matched = {(r.dataset, r.teacher, r.student) for r in published if r.teacher}
     print(f"comparison: {out} ({len(published)} published numbers; {len(runs)} method(s) of ours from "
           f"{len(files)} results file(s), {sum((r.dataset, r.teacher, r.student) in matched for r in runs)} beside a "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.errors import UserError
-from repro.io import write_json_atomically, write_text_atomically
+from repro.io import check_folder_destination, write_json_atomically, write_text_atomically
 
 FAMILIES = ("students", "kdci", "control")  # the metrics folders of the three arms
 # (arm, its metrics folder, the key of its top-1 in that folder's files)
@@ -282,15 +282,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write_report(metrics_dir: Path, out_dir: Path, diagnostics: Path | None = None) -> dict[str, Any]:
-    """Write results.{json,md,png}; ``diagnostics`` (a diagnostics.md) is appended as a section."""
+    """Write results.{json,md,png}; ``diagnostics`` (a diagnostics.md) is appended as a section.
+
+    ``--out`` (a file, a path below a file, a read-only folder) and ``diagnostics`` are checked before
+    anything is read or written."""
+    check_folder_destination(out_dir, "--out")
+    if diagnostics is not None and not diagnostics.is_file():
+        raise UserError(f"{diagnostics} not found: run `repro diagnose` (stage diagnose) first")
     results = collect(metrics_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(out_dir / "results.json", results)
     markdown = render_markdown(results)
     if diagnostics is not None:
-        if not diagnostics.exists():
-            raise UserError(f"{diagnostics} not found: run `repro diagnose` (stage diagnose) first")
         markdown += "\n" + diagnostics.read_text()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(out_dir / "results.json", results)
     write_text_atomically(out_dir / "results.md", markdown)
     plot(results, out_dir / "results.png")
     print(markdown)

@@ -182,6 +182,45 @@ def _check_substitution_settings(sample_size: Any, grid_every: Any) -> None:
                             f"e.g. --bind distill.{name}={example}")
 
 
+def _teacher_overlap(teacher_dir: Path, out_dir: Path) -> str | None:
+    """How ``out_dir`` overlaps the teacher's folder (symlinks and other spellings resolved), or None."""
+    teacher, out = Path(os.path.realpath(teacher_dir)), Path(os.path.realpath(out_dir))
+    if out == teacher:
+        return f"is the teacher's folder ({teacher_dir}): the student would replace the teacher"
+    if teacher in out.parents:
+        return f"is inside the teacher's folder {teacher_dir}: the student would be written into the teacher artefact"
+    if out in teacher.parents:
+        return f"contains the teacher {teacher_dir}: replacing it would delete the teacher"
+    return None
+
+
+def _apart_from_teacher(stage: Callable[..., Result]) -> Callable[..., Result]:
+    """Refuse an ``out_dir`` that is, contains or lies inside ``teacher_dir``, before anything (even the
+    lock beside the output folder) is written."""
+    signature = inspect.signature(stage)
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> Result:
+        bound = signature.bind(*args, **kwargs)
+        overlap = _teacher_overlap(Path(bound.arguments["teacher_dir"]), Path(bound.arguments["out_dir"]))
+        if overlap:
+            raise UserError(f"--out {bound.arguments['out_dir']} {overlap}; choose an --out outside the teacher's "
+                            "folder, e.g. models/students/<method>/teacher<T>-seed<S>")
+        return stage(*args, **kwargs)
+    return run
+
+
+def _check_is_teacher(teacher_dir: Path, config: artefact.ArtefactRecord) -> None:
+    """Refuse a student (or an artefact recording no role) given as the teacher: it would load and
+    train without complaint, and the result would be a student of a student."""
+    if config.role == "teacher":
+        return
+    recorded = f"config.json role {config.role!r}" if config.role != "model" else "config.json records no role"
+    raise UserError(f"--teacher {teacher_dir} is not a teacher artefact ({recorded}): pass a teacher artefact, e.g. "
+                    "models/teachers/seed0 (written by `repro train-teacher` or `repro import-teacher`)")
+
+
+@_apart_from_teacher
 @_holding_outputs
 @gin.configurable(denylist=["teacher_dir", "out_dir", "checkpoint_root", "track"])
 def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("checkpoints"), track: bool = True, *,
@@ -200,6 +239,7 @@ def distill(teacher_dir: Path, out_dir: Path, checkpoint_root: Path = Path("chec
     _check_substitution_settings(substitution_sample_size, substitution_grid_every)
     artefact.check_output_folder(out_dir)
     teacher, teacher_config = artefact.load_artefact(teacher_dir)
+    _check_is_teacher(teacher_dir, teacher_config)
     spec = teacher_config.data
     check_profile(spec.name)
     seed_everything(seed)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.errors import UserError
-from repro.io import write_json_atomically, write_text_atomically
+from repro.io import check_folder_destination, write_json_atomically, write_text_atomically
 
 VERDICTS = ("identical", "within", "outside", "missing")
 FOLDER_ARMS = {"students": "baseline"}  # other folders (kdci, control) are named as their arm
@@ -174,7 +174,9 @@ def why(committed: dict[str, Any] | None, current: dict[str, Any] | None) -> str
 
 
 def verify(metrics_dir: Path, results_path: Path, out_dir: Path) -> dict[str, Any]:
-    """Compare every metrics file with ``HEAD``'s; write ``out_dir``/verify.md and verify.json; return the report."""
+    """Compare every metrics file with ``HEAD``'s; write ``out_dir``/verify.md and verify.json; return the report.
+    ``out_dir`` is checked first (a file, a path below a file, a read-only folder is refused)."""
+    check_folder_destination(out_dir, "--out")
     metrics_dir, results_path = Path(metrics_dir).resolve(), Path(results_path).resolve()
     root = repository_root(metrics_dir if metrics_dir.is_dir() else Path.cwd())
     try:

@@ -13,6 +13,7 @@ tag). ``dvc repro`` starts every stage as its own process, so the execution is i
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import re
 import shlex
@@ -54,6 +55,24 @@ def git_provenance(cwd: Path | None = None) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "git_dirty": "unknown"}
     return {"git_commit": commit or "unknown", "git_dirty": str(dirty).lower()}
+
+
+def standard_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` plus MLflow's own system tags (``mlflow.user``, ``mlflow.source.name``/``type``,
+    ``mlflow.source.git.commit``), which the UI shows as the run's user, source and version.
+
+    Written here rather than by ``mlflow.tracking.context.registry.resolve_tags``: its context
+    providers import GitPython and probe for notebooks and Databricks on every run (0.3 s of a stage's
+    start-up, issue 16), and the commit is already known (:func:`git_provenance`)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry or login name (some containers)
+        user = "unknown"
+    system = {"mlflow.user": user, "mlflow.source.type": "LOCAL",
+              "mlflow.source.name": " ".join(tags.get("command", command_line()).split()[:2])}
+    if tags.get("git_commit", "unknown") != "unknown":
+        system["mlflow.source.git.commit"] = tags["git_commit"]
+    return {**system, **tags}
 
 
 def command_line() -> str:
@@ -144,8 +163,6 @@ class MlflowTracker(Tracker):
 
     def __init__(self, run_name: str, tags: Mapping[str, str], uri: str | None = None,
                  experiment: str = EXPERIMENT, pipeline: str | None = None, close_wait_s: float = CLOSE_WAIT_S) -> None:
-        from mlflow.tracking.context.registry import resolve_tags
-
         self.uri = uri or default_tracking_uri()
         self.close_wait_s = close_wait_s
         self._client = store.open_store(self.uri)
@@ -157,8 +174,7 @@ class MlflowTracker(Tracker):
                 if pipeline is not None:
                     self.parent_id = pipeline_parent(self._client, self.uri, experiment_id, pipeline, tags)
                     tags.update({PARENT_TAG: self.parent_id, PIPELINE_KEY_TAG: pipeline})
-                # resolve_tags adds what mlflow.start_run would (user, source name, git commit).
-                run = self._client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(tags))
+                run = self._client.create_run(experiment_id, run_name=run_name, tags=standard_tags(tags))
         except Exception as exc:  # the store answered the open but refuses a write: locked, read-only
             raise store.store_error(self.uri, exc) from None
         self.run_id = run.info.run_id

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from repro import startup
 from repro.data.datasets import DataSpec
 from repro.errors import TrainingDiverged, UserError
 from repro.methods.base import DFKDMethod
@@ -104,6 +105,10 @@ class Trainer:
         if start_epoch and self.world > 1:  # the checkpoint holds rank 0's generators: re-offset the others
             seed_everything(torch.initial_seed() + 1_000_003 * distributed.rank())
         interactive = sys.stdout.isatty() and main
+        # The process's fixed cost, start to its first training step (imports, tracking, set-up):
+        # a stage pays it once per process; `repro bench` reports it (startup_s).
+        self.startup_seconds = startup.process_age_s()
+        tracker.log_metrics({"startup_seconds": self.startup_seconds}, step=0)
         for epoch in range(start_epoch, self.epochs):
             began = time.perf_counter()
             method.on_epoch_start(epoch)
