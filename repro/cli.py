@@ -11,7 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from repro import reproducible
 from repro.errors import UserError
@@ -289,9 +289,25 @@ def _names(args: argparse.Namespace) -> None:
     print("gin configurables (torch): " + ", ".join(sorted({s.rsplit(".", 1)[-1] for s in selectors if s.startswith("torch.optim")})))
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with each option's default where it has one (None, False and [] are none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings or action.default is argparse.SUPPRESS
+                or action.default in (None, False, [])):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag or value ends like every other refusal: one ``error:`` line and exit
-    status 2 (argparse prints its usage block first). Sub-parsers inherit the class."""
+    status 2 (argparse prints its usage block first), and ``--help`` shows defaults. Sub-parsers
+    inherit the class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
@@ -334,7 +350,10 @@ def _percent(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from repro import __version__
+
     parser = _Parser(prog="repro", description="KDCI reproduction: data-free KD pipeline stages.")
+    parser.add_argument("--version", action="version", version=f"repro {__version__} (kdci-repro)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     teacher = verbs.add_parser("train-teacher", help="train the teacher on the real training split")

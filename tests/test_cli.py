@@ -70,3 +70,13 @@ def test_params_with_an_unknown_method_or_profile(tmp_path: Path) -> None:
     bad.write_text("experiment: digits\nprofile: fastest\nseeds: [0]\nmethods: [dafl]\n")
     result = run_cli("bench", "--params", str(bad))
     _assert_one_line_error(result, "profile 'fastest' has no gin/profiles/fastest.gin")
+
+
+def test_version_and_defaults_in_help() -> None:
+    from repro import __version__
+
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"repro {__version__} (kdci-repro)"
+    helped = run_cli("distill", "--help")
+    assert helped.returncode == 0 and "(default: checkpoints)" in " ".join(helped.stdout.split())
+    assert "(default: None)" not in helped.stdout and "(default: False)" not in helped.stdout

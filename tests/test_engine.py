@@ -109,3 +109,44 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="corrupt"):
         resume.load_training_state(bad, "x")
+
+
+class _Scaled(DFKDMethod):
+    """A student loss scaled by ``factor``: its gradient norm is as large as we like."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def sample(self, batch_size: int) -> Batch:
+        return Batch(torch.randn(batch_size, 1, 8, 8, generator=torch.Generator().manual_seed(1)))
+
+    def student_loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        loss = self.factor * self.student(batch.x).square().mean()
+        return {"loss": loss}
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e6], ids=["under the bound", "over the bound"])
+def test_max_grad_norm_bounds_each_update_and_leaves_small_ones_bit_identical(factor: float) -> None:
+    from repro import nets
+
+    spec = DataSpec("digits", 10, 1, 8, (0.3,), (0.37,))
+    weights = {}
+    for bound in (None, 1.0):
+        seed_everything(0)
+        student = nets.create("digits_cnn_small")
+        before = [p.detach().clone() for p in student.parameters()]
+        trainer = Trainer(epochs=1, steps_per_epoch=1, batch_size=4, optimizer=torch.optim.SGD, device="cpu",
+                          max_grad_norm=bound)
+        trained = trainer.fit(_Scaled(factor), student, spec)
+        moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(trained.parameters(), before)])
+        weights[bound] = moved
+    if factor < 1:  # the gradient norm is below 1: clipping multiplies it by exactly 1.0
+        assert torch.equal(weights[None], weights[1.0])
+    else:  # SGD's default lr 1e-3 times a gradient of norm <= 1
+        assert float(weights[1.0].norm()) <= 1e-3 * (1 + 1e-4) < float(weights[None].norm())
+
+
+@pytest.mark.parametrize("bound", [0, -1.0, float("inf"), True, "10"])
+def test_max_grad_norm_must_be_a_positive_number(bound) -> None:
+    with pytest.raises(UserError, match="Trainer.max_grad_norm"):
+        Trainer(epochs=1, steps_per_epoch=1, batch_size=4, optimizer=torch.optim.SGD, device="cpu", max_grad_norm=bound)

@@ -183,6 +183,34 @@ def test_distillation_run_logs_grids_class_proportions_dictionary_and_final_metr
     assert final["student/kdci/attention_entropy"] == pytest.approx(run.data.metrics["student/kdci/attention_entropy"])
 
 
+def test_runs_carry_mlflow_system_tags_a_description_and_the_start_up_time(recorded) -> None:
+    """What the MLflow UI shows without opening a run: user, source, version, a description, and an
+    experiment that opens in the model-training view (not the GenAI "Evaluation runs" view)."""
+    experiment = recorded.client.get_experiment(recorded.experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    run = recorded.runs["distill"]
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == " ".join(tags["command"].split()[:2])  # `repro distill` from the CLI
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+    if tags["git_commit"] != "unknown":
+        assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    note = tags["mlflow.note.content"]
+    assert note.startswith("Stage `distill` (method dafl+kdci, kdci true") and tags["command"] in note
+    assert 0 < run.data.metrics["startup_seconds"] < 600  # process age at the first training step
+
+
+def test_an_older_experiment_gets_the_training_view_tag(tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment(tracking.EXPERIMENT, artifact_location=(tmp_path / "mlruns").as_uri())  # no kind tag
+    tracker = tracking.MlflowTracker("run", {"stage": "evaluate", "command": "repro evaluate"}, uri)
+    tracker.finish()
+    assert client.get_experiment_by_name(tracking.EXPERIMENT).tags[tracking.EXPERIMENT_KIND_TAG] == \
+        "custom_model_development"
+
+
 def test_every_loss_term_is_logged_per_epoch(recorded) -> None:
     run_id = recorded.runs["distill"].info.run_id
     every_epoch = ["student/loss", "student/kd", "student/teacher_agreement", "synthesis/generator_loss",

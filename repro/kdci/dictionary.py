@@ -130,11 +130,12 @@ def pca(features: torch.Tensor, dim: int, whiten: bool = False) -> tuple[torch.T
     feature scale (our choice: it conditions the attention's tanh and the fusion's learning).
     """
     mean = features.mean(dim=0)
-    centred = features - mean
-    # The product in the features' own precision (float32: half the time of float64 at 50k x 512, and
-    # within 4e-7 of it, relative), the eigen-decomposition in float64. scikit-learn's covariance_eigh
-    # solver makes the same split (it forms X^T X in the data's dtype).
-    covariance = (centred.T @ centred).double() / max(features.shape[0] - 1, 1)
+    # In float64. A float32 product (what scikit-learn's covariance_eigh does) halves the time at
+    # 50k x 512 and is within 4e-7 of it, but eigenvectors of near-equal eigenvalues turn with such
+    # changes: measured here, the float32 basis gave the capacity-matched control of Fast (teacher 1,
+    # seed 2) another dictionary orientation, and its training diverged in the first epoch with the head.
+    centred = (features - mean).double()
+    covariance = centred.T @ centred / max(features.shape[0] - 1, 1)
     values, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
     basis, values = vectors[:, -dim:].flip(dims=[1]), values[-dim:].flip(dims=[0])
     # An eigenvector's sign is arbitrary: make each one's largest-magnitude entry positive.

@@ -33,6 +33,11 @@ _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 PIPELINE_ENV = "REPRO_PIPELINE_RUN"
 PIPELINE_KEY_TAG = "pipeline_key"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+NOTE_TAG = "mlflow.note.content"  # the run description the MLflow UI shows and edits
+# Tags worth a word in a run's description, in the order they are told.
+_DESCRIBED = ("method", "kdci", "network", "pair", "dataset", "teacher_seed", "seed", "profile", "dvc_stage")
+# The UI opens an experiment in its GenAI view ("Evaluation runs") unless told it holds model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Tags a parent run copies from its first stage: what the whole execution shares.
 _PIPELINE_TAGS = ("git_commit", "git_dirty", "profile", "experiment")
 # How long the end of a run waits for a store that failed (a SQLite writer holding the file, a server
@@ -69,10 +74,19 @@ def standard_tags(tags: Mapping[str, str]) -> dict[str, str]:
     except (KeyError, OSError):  # no passwd entry or login name (some containers)
         user = "unknown"
     system = {"mlflow.user": user, "mlflow.source.type": "LOCAL",
-              "mlflow.source.name": " ".join(tags.get("command", command_line()).split()[:2])}
+              "mlflow.source.name": " ".join(tags.get("command", command_line()).split()[:2]),
+              NOTE_TAG: run_description(tags)}
     if tags.get("git_commit", "unknown") != "unknown":
         system["mlflow.source.git.commit"] = tags["git_commit"]
     return {**system, **tags}
+
+
+def run_description(tags: Mapping[str, str]) -> str:
+    """The run's description in the MLflow UI (``mlflow.note.content``): what the stage ran, on what,
+    and the command that ran it."""
+    facts = [f"{name.replace('_', ' ')} {tags[name]}" for name in _DESCRIBED if tags.get(name) not in (None, "", "none")]
+    what = f"Stage `{tags.get('stage', 'run')}`" + (f" ({', '.join(facts)})" if facts else "")
+    return f"{what}. Command: `{tags.get('command', command_line())}`."
 
 
 def command_line() -> str:
@@ -142,7 +156,7 @@ def pipeline_parent(client: Any, uri: str, experiment_id: str, key: str, tags: M
         shared = {name_: tags[name_] for name_ in _PIPELINE_TAGS if name_ in tags}
         run = client.create_run(experiment_id, run_name=name, tags={
             "stage": "pipeline", PIPELINE_KEY_TAG: key, **shared,
-            "mlflow.note.content": "One pipeline execution; its stage runs are nested under it."})
+            NOTE_TAG: "One pipeline execution; its stage runs are nested under it."})
         return run.info.run_id
 
 
@@ -263,9 +277,12 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
 
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # a store made before the tag was set
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

@@ -51,6 +51,7 @@ class Trainer:
         precision: str = "auto",
         channels_last: bool = False,
         compile: bool = False,
+        max_grad_norm: float | None = None,
     ) -> None:
         for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size),
                             ("student_steps_per_round", student_steps_per_round), ("monitor_every", monitor_every)):
@@ -69,6 +70,13 @@ class Trainer:
         self.autocast = autocast_dtype(precision, self.device)
         self.channels_last = channels_last and self.device.type == "cuda"
         self.compile = compile
+        if max_grad_norm is not None and (isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float))
+                                          or not 0 < max_grad_norm < float("inf")):
+            raise UserError(f"Trainer.max_grad_norm = {max_grad_norm!r} is invalid: bind a positive number, or None "
+                            "for no clipping")
+        # Clip the global gradient norm of everything trained before each step (None: never). A norm
+        # below the bound is multiplied by exactly 1.0, so a run it never clips keeps its bits.
+        self.max_grad_norm = max_grad_norm
         self.world = distributed.world_size()
         if batch_size % self.world:
             raise UserError(f"Trainer.batch_size ({batch_size}) must be divisible by the {self.world} processes "
@@ -186,6 +194,8 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         distributed.average_gradients(trained)
+        if self.max_grad_norm is not None:  # after the average: every rank clips the same gradient alike
+            torch.nn.utils.clip_grad_norm_(trained, self.max_grad_norm)
         optimizer.step()
         return {name: value.detach().float() for name, value in terms.items()}
 
