@@ -130,10 +130,9 @@ def pca(features: torch.Tensor, dim: int, whiten: bool = False) -> tuple[torch.T
     feature scale (our choice: it conditions the attention's tanh and the fusion's learning).
     """
     mean = features.mean(dim=0)
-    # In float64. A float32 product (what scikit-learn's covariance_eigh does) halves the time at
-    # 50k x 512 and is within 4e-7 of it, but eigenvectors of near-equal eigenvalues turn with such
-    # changes: measured here, the float32 basis gave the capacity-matched control of Fast (teacher 1,
-    # seed 2) another dictionary orientation, and its training diverged in the first epoch with the head.
+    # In float64, as the committed results were built. A float32 product (what scikit-learn's
+    # covariance_eigh does) halves the time at 50k x 512 and is within 4e-7 of it, relative; it would
+    # change the committed KDCI students' bits (eigenvectors of near-equal eigenvalues turn with it).
     centred = (features - mean).double()
     covariance = centred.T @ centred / max(features.shape[0] - 1, 1)
     values, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
@@ -217,7 +216,6 @@ def kmeans_plus_plus(points: torch.Tensor, num_clusters: int, generator: torch.G
     cannot change the nearest centre; a small margin covers float rounding), at a fraction of a full
     pass per iteration once the centres settle.
     """
-    count = points.shape[0]
     points_norm = (points * points).sum(dim=1)
     centres = _seed_centres(points, points_norm, num_clusters, generator)
     threshold = tolerance * float(points.var(dim=0, unbiased=False).mean())

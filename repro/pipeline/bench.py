@@ -147,6 +147,7 @@ def bench_kdci_overhead(baseline: DFKDMethod = gin.REQUIRED, wrapped: DFKDMethod
             elapsed = arms[which]()
             if index >= warmup_steps:
                 times[which].append(elapsed)
+    peak = max(peaks + [_peak_memory_mib(target)])  # the student steps ran after the last round's reset
     base_s, kdci_s, minimal_s = (statistics.median(arm) for arm in times)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(target) if target.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -158,6 +159,7 @@ def bench_kdci_overhead(baseline: DFKDMethod = gin.REQUIRED, wrapped: DFKDMethod
         "kdci_overhead_pct": 100 * (kdci_s / base_s - 1),
         "memory": "peak allocated GPU memory" if target.type == "cuda" else "peak RSS of the process",
         "peak_memory_mib_rounds": peaks, "peak_memory_mib_first": peaks[0], "peak_memory_mib_last": peaks[-1],
+        "peak_memory_mib": peak,
     }
     if pin_check:
         result["reproducible_mode"] = reproducible.compare_pinned(repeats=10, rounds=2)
@@ -289,9 +291,9 @@ def bench_methods(params_path: Path, bindings: list[str], gin_root: Path = Path(
         pin = row.pop("reproducible_mode", pin)
         methods[method] = row
         print(format_result(row), flush=True)
-    sizes = list(gin.query_parameter("bench_dictionary.sizes")) if _bound("bench_dictionary.sizes") else list(DICTIONARY_SIZES)
-    dictionary = bench_dictionary(sizes=sizes)
+    dictionary = bench_dictionary()  # the sizes gin binds, if any
     gin.clear_config()
+    sizes = [int(size) for size in dictionary]
     report: dict[str, Any] = {
         "platform": platform_record(), "profile": params["profile"], "experiment": params["experiment"],
         "methods": methods, "dictionary": dictionary, "dictionary_unpinned": _dictionary_unpinned(sizes),
@@ -300,14 +302,6 @@ def bench_methods(params_path: Path, bindings: list[str], gin_root: Path = Path(
     if startup:
         report.update(stage_startup(gin_root.resolve().parent))
     return report
-
-
-def _bound(name: str) -> bool:
-    try:
-        gin.query_parameter(name)
-    except ValueError:
-        return False
-    return True
 
 
 def targets(report: dict[str, Any]) -> dict[str, bool]:
@@ -366,10 +360,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], json_path: Path | None, markdown_path: Path | None) -> None:
-    """Write ``report`` as JSON and as markdown (each atomically; the destinations checked first)."""
-    for path, name in ((json_path, "--json"), (markdown_path, "--markdown")):
-        if path is not None:
-            io.check_file_destination(path, f"{name} file")
+    """Write ``report`` as JSON and as markdown, each atomically (``repro bench`` checks the destinations
+    before it measures)."""
     if json_path is not None:
         io.write_json_atomically(json_path, report)
     if markdown_path is not None:
@@ -384,14 +376,6 @@ _PROFILE_BENCH_BINDINGS = [
     # full round's time is projected from the per-step time (steps are identical in cost).
     "Fast.warmup_rounds = 0",
 ]
-
-
-def _peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB; process peak so far
 
 
 def bench_profile(profile: str, experiment: str | None, methods: list[str], steps: int, synthesis_steps: int,
@@ -438,12 +422,6 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
         if full_steps > 1:
             shrink.append(f"{cls}.synthesis_steps = {min(synthesis_steps, full_steps)}")
         config.parse(files, fake + _PROFILE_BENCH_BINDINGS + shrink + list(bindings))
-        try:
-            target = resolve_device(gin.query_parameter("bench_kdci_overhead.device"))
-        except ValueError:  # not bound: the function's default
-            target = resolve_device("auto")
-        if target.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(target)
         result = bench_kdci_overhead(pin_check=False)  # full-size throughput only
         gin.clear_config()
         measured_steps = min(synthesis_steps, full_steps) if full_steps > 1 else 1
@@ -454,7 +432,7 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
             "synthesis_images_per_s": synthesis_batch * measured_steps / round_s if synthesis_batch and round_s > 0 else 0.0,
             "projected_round_s": round_s * full_steps / measured_steps if synthesis_batch else 0.0,
             "student_images_per_s": batch / result["student_step_s"],
-            "peak_memory_gib": _peak_memory_gib(target),
+            "peak_memory_gib": result["peak_memory_mib"] / 1024,
         })
         print(f"{method}: student {result['student_images_per_s']:.0f} img/s, synthesis "
               f"{result['synthesis_images_per_s']:.0f} img-steps/s", flush=True)
@@ -465,7 +443,7 @@ def bench_profile(profile: str, experiment: str | None, methods: list[str], step
 def format_profile_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per method, images/s of student steps and synthesis, projected round, memory."""
     first = rows[0]
-    memory = "peak GPU memory (GiB)" if "cpu" not in first["device"] else "process peak RSS (GiB)"
+    memory = "peak GPU memory (GiB)" if "cpu" not in first["device"] else "peak RSS (GiB)"
     lines = [f"profile {first['profile']}, experiment {first['experiment']} (FakeImages: random images of the "
              f"dataset's shape); device: {first['device']}; student batch {first['batch_size']}, medians of "
              f"{first['steps']} steps", "",
